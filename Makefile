@@ -1,0 +1,41 @@
+# The two commands a new user needs: `make run` and `make test`. Both create .venv and
+# install into it first; a second call skips the install unless pyproject.toml changed.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.paralab-installed
+# torch comes first, pinned: on CPU machines this takes the CPU wheel. On CUDA machines,
+# point TORCH_INDEX at PyTorch's CUDA wheels, e.g. make run TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
+TORCH_VERSION := 2.13.0
+EXPERIMENT ?= experiments/quickstart.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test install lint clean-venv
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/paralab run $(EXPERIMENT)
+
+# Exit status 5 means pytest collected nothing: for this suite that is a failure, not a pass.
+test: $(STAMP)
+	@TRITON_INTERPRET=1 $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

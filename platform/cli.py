@@ -1,0 +1,163 @@
+"""The `paralab` command line: small, obvious, and it never prints a traceback for bad input.
+
+    paralab validate FILE [KEY=VALUE ...]
+    paralab run FILE [KEY=VALUE ...] [--restart]
+    paralab ui
+    paralab stack up|down|status
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+USAGE_ERROR = 2
+
+
+def _version() -> str:
+    from paralab.platform.identity import code_version
+
+    return code_version()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is written for the user; anything else is a bug."""
+    from paralab.platform.config.load import ConfigError
+    from paralab.platform.data import DataError
+    from paralab.platform.storage import StorageError
+    from paralab.platform.train.launch import LaunchError
+
+    return (ConfigError, DataError, StorageError, LaunchError)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.syntax import Syntax
+
+    from paralab.platform.config.load import load_experiment, to_yaml
+    from paralab.platform.identity import run_identity
+
+    cfg = load_experiment(args.file, args.overrides)
+    console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(f"[green]valid[/]: {args.file} (run identity {run_identity(cfg)})")
+    return 0
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title=f"paralab run: {summary.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("status", summary.status)
+    table.add_row("identity", f"{summary.identity} (generation {summary.generation})")
+    for key in ("loss", "val_loss", "val_ppl", "tokens_per_s", "mfu"):
+        if key in summary.metrics:
+            table.add_row(key, f"{summary.metrics[key]:.4g}")
+    table.add_row("checkpoint", summary.checkpoint or "-")
+    table.add_row("mlflow run", f"{summary.mlflow_run_id} @ {summary.tracking_uri}")
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from paralab.platform.config.load import load_experiment
+    from paralab.platform.train.launch import launch
+
+    cfg = load_experiment(args.file, args.overrides)
+    progress = Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    )
+    task = progress.add_task("train", total=cfg.train.steps, info="")
+
+    def on_progress(step: int, metrics: dict[str, float]) -> None:
+        info = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("loss", "val_loss") if k in metrics)
+        progress.update(task, completed=step, info=info)
+
+    def on_event(message: str) -> None:
+        progress.console.print(f"[cyan]paralab[/] {message}")
+
+    with progress:
+        summary = launch(cfg, restart=args.restart, on_event=on_event, on_progress=on_progress)
+        progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
+    console.print(_summary_table(summary))
+    _next_steps(summary)
+    return 0
+
+
+def _next_steps(summary) -> None:
+    console.print("\n[bold]Next steps[/]")
+    if summary.tracking_uri.startswith("sqlite:"):
+        console.print(f"  see the run in the MLflow UI:  [bold]paralab ui[/]  (serves {summary.tracking_uri})")
+    else:
+        console.print(f"  see the run in the MLflow UI at {summary.tracking_uri}")
+    console.print(f"  checkpoints are under:         {summary.storage_path}")
+    console.print("  train longer or bigger:        paralab run FILE train.steps=2000 model.d_model=512")
+    console.print("  try the other cell:            paralab run FILE model.cell=paralstm")
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from paralab.platform.config.schema import TrackingConfig
+    from paralab.platform.tracking.mlflow import tracking_uri
+
+    uri = tracking_uri(TrackingConfig())
+    if uri.startswith(("http://", "https://")):
+        console.print(f"MLflow is served at {uri}")
+        return 0
+    console.print(f"serving {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port), "--workers", "1"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paralab",
+        description="Train ParaRNN language models in parallel over the sequence, on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"paralab {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def experiment_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="experiment YAML, e.g. experiments/quickstart.yaml")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides applied after the file, e.g. train.lr=3e-4")
+
+    p = sub.add_parser("validate", help="check an experiment and print its resolved config")
+    experiment_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="train an experiment on Ray (local, or $RAY_ADDRESS)")
+    experiment_args(p)
+    p.add_argument("--restart", action="store_true",
+                   help="start over in a new generation instead of resuming; nothing is overwritten")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the embedded tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: run `paralab run` again with the same file to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

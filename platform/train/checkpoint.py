@@ -1,0 +1,142 @@
+"""Checkpoint contents, and which checkpoints a run keeps.
+
+A checkpoint folder holds:
+- DDP: ``model.pt`` and ``optim.pt`` (full state dicts, written by rank 0);
+- FSDP: ``dcp/`` (a sharded ``torch.distributed.checkpoint``, one ``.distcp`` per rank);
+- both: ``trainer.pt`` (step, scheduler, data position, best validation loss, from rank 0)
+  and ``rng-rank{R}.pt`` (each rank's RNG state), so a resumed run continues exactly.
+
+Each rank writes its files into its own local folder and reports it; Ray merges the
+folders into one checkpoint in storage and lists it in the run's snapshot only once the
+upload is complete, so a half-written checkpoint is never taken as the latest.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    *,
+    sharded: bool,
+    rank: int,
+) -> None:
+    """Write this rank's part of a checkpoint into ``folder`` (a local, per-rank folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
+    elif rank == 0:
+        bare = model.module if hasattr(model, "module") else model
+        torch.save(bare.state_dict(), folder / "model.pt")
+        torch.save(optimizer.state_dict(), folder / "optim.pt")
+    if rank == 0:
+        torch.save(trainer_state, folder / "trainer.pt")
+    torch.save(_rng_state(), folder / f"rng-rank{rank}.pt")
+
+
+def load(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    sharded: bool,
+    rank: int,
+) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG; return the trainer state."""
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(folder / "dcp"))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        bare = model.module if hasattr(model, "module") else model
+        bare.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(torch.load(folder / "optim.pt", map_location="cpu", weights_only=True))
+    rng = folder / f"rng-rank{rank}.pt"
+    if rng.exists():  # a run resumed on more workers than it saved with starts those ranks fresh
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return torch.load(folder / "trainer.pt", weights_only=False)
+
+
+def full_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The model's full state dict from either checkpoint format, in one process."""
+    if (folder / "model.pt").exists():
+        return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    merged = folder / "merged.pt"
+    if not merged.exists():
+        dcp_to_torch_save(str(folder / "dcp"), str(merged))
+    return torch.load(merged, map_location="cpu", weights_only=False)["model"]
+
+
+def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
+    """Step → path of the checkpoint folders under a run."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except (FileNotFoundError, OSError):
+        return {}
+    found = {}
+    for info in infos:
+        match = CHECKPOINT_RE.match(info.base_name)
+        if match and info.type == pafs.FileType.Directory:
+            found[int(match.group(1))] = info.path
+    return found
+
+
+def prune(fs: pafs.FileSystem, run_path: str, keep_last: int, best_step: int | None) -> list[int]:
+    """Delete all but the last ``keep_last`` checkpoints and the best one; return deleted steps.
+
+    Only complete, reported checkpoints are pruned: callers run this after ``report`` returns,
+    and the newest checkpoint is always kept.
+    """
+    found = list_checkpoints(fs, run_path)
+    keep = set(sorted(found)[-keep_last:])
+    if best_step is not None:
+        keep.add(best_step)
+    deleted = []
+    for step, path in sorted(found.items()):
+        if step not in keep:
+            fs.delete_dir(path)
+            deleted.append(step)
+    return deleted

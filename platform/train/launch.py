@@ -1,0 +1,269 @@
+"""Turn a resolved experiment into a Ray Train job, tracked in MLflow, checkpointed to storage.
+
+A run lives at ``<storage>/<name>-<identity>[.gN]``. Running the same experiment again
+reopens that folder: Ray finds the latest complete checkpoint in it and the same MLflow
+run continues. ``restart=True`` starts generation N+1 beside it, so nothing of the first
+is overwritten. A run whose last checkpoint is at ``train.steps`` is complete and is not
+run again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paralab.platform.config.load import to_dict, to_yaml
+from paralab.platform.config.schema import ExperimentConfig, project_dir
+from paralab.platform.identity import code_version, git_commit, run_identity
+from paralab.platform.tracking.mlflow import Tracker, flatten
+from paralab.platform.train import checkpoint as ckpt
+
+
+class LaunchError(RuntimeError):
+    """A run that cannot start as configured; the message names what to change."""
+
+
+@dataclass
+class RunSummary:
+    name: str
+    identity: str
+    generation: int
+    storage_path: str
+    mlflow_run_id: str
+    tracking_uri: str
+    status: str
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+    resumed_from_step: int | None = None
+
+
+def run_dir_name(name: str, identity: str, generation: int) -> str:
+    return f"{name}-{identity}" + (f".g{generation}" if generation else "")
+
+
+def existing_generations(fs, root: str, name: str, identity: str) -> list[int]:
+    import pyarrow.fs as pafs
+
+    pattern = re.compile(rf"^{re.escape(name)}-{identity}(?:\.g(\d+))?$")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    gens = []
+    for info in infos:
+        match = pattern.match(info.base_name)
+        if match and info.type == pafs.FileType.Directory:
+            gens.append(int(match.group(1) or 0))
+    return sorted(gens)
+
+
+def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
+    tags = {
+        "paralab.code_version": code_version(),
+        "arch": cfg.model.arch,
+        "cell": cfg.model.cell if cfg.model.arch == "pararnn" else "attention",
+        "newton_iters": str(cfg.model.newton_iters),
+        "scale": f"d{cfg.model.d_model}-l{cfg.model.n_layers}",
+        "strategy": cfg.train.strategy,
+        "workers": str(cfg.train.workers),
+    }
+    if git_commit():
+        tags["mlflow.source.git.commit"] = git_commit()
+    return tags
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    env = {k: os.environ[k] for k in ("TRITON_INTERPRET", "PARALAB_HOME", "PARALAB_FAULT_INJECT") if k in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env,
+                 log_to_driver=False, configure_logging=False)
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    import ray
+
+    tc = cfg.train
+    have = ray.cluster_resources()
+    need_cpu = tc.workers * tc.cpus_per_worker
+    if os.environ.get("RAY_ADDRESS"):
+        return  # an autoscaling cluster may grow to fit; Ray reports what it cannot place
+    if need_cpu > have.get("CPU", 0):
+        raise LaunchError(
+            f"train.workers={tc.workers} x train.cpus_per_worker={tc.cpus_per_worker} needs "
+            f"{need_cpu:g} CPUs but this machine's Ray cluster has {have.get('CPU', 0):g}; "
+            "lower train.workers or train.cpus_per_worker"
+        )
+    if tc.use_gpu and tc.workers > have.get("GPU", 0):
+        raise LaunchError(
+            f"train.use_gpu=true with train.workers={tc.workers} needs {tc.workers} GPUs "
+            f"but the cluster has {have.get('GPU', 0):g}; set train.use_gpu=false or fewer workers"
+        )
+
+
+def _watch(tracker: Tracker, total: int, on_progress: Callable[[int, dict[str, float]], None],
+           stop: threading.Event) -> None:
+    """Poll the MLflow run for the latest step, to drive the CLI's progress bar."""
+    while not stop.wait(1.0):
+        try:
+            data = tracker.client.get_run(tracker.run_id).data
+            history = tracker.client.get_metric_history(tracker.run_id, "loss")
+        except Exception:  # noqa: BLE001 - a missed poll only delays the bar
+            continue
+        if history:
+            on_progress(max(m.step for m in history), dict(data.metrics))
+
+
+def launch(
+    cfg: ExperimentConfig,
+    *,
+    restart: bool = False,
+    on_event: Callable[[str], None] = lambda message: None,
+    on_progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunSummary:
+    """Run ``cfg`` to completion (or resume it) and return where everything went."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from paralab.platform.data import prepare
+    from paralab.platform.storage import open_storage
+
+    identity = run_identity(cfg)
+    storage = open_storage(cfg.storage)
+    storage.preflight()
+    root, fs = storage.ray_storage()
+    if fs is None:
+        import pyarrow.fs as pafs
+
+        fs = pafs.LocalFileSystem()
+        Path(root).mkdir(parents=True, exist_ok=True)
+    gens = existing_generations(fs, root, cfg.name, identity)
+    generation = (gens[-1] + 1 if gens else 0) if restart else (gens[-1] if gens else 0)
+    run_name = run_dir_name(cfg.name, identity, generation)
+    run_path = f"{root.rstrip('/')}/{run_name}"
+    done = ckpt.list_checkpoints(fs, run_path)
+    resumed_from = max(done) if done else None
+
+    tracker, reopened = Tracker.open(
+        cfg.tracking, cfg.tracking.experiment or cfg.name, identity, generation,
+        run_name=run_name, tags=_tags(cfg, identity),
+    )
+    summary = RunSummary(
+        name=cfg.name, identity=identity, generation=generation,
+        storage_path=f"{storage.uri.rstrip('/')}/{run_name}", mlflow_run_id=tracker.run_id,
+        tracking_uri=tracker.uri, status="RUNNING", steps=cfg.train.steps,
+        resumed_from_step=resumed_from,
+    )
+    if resumed_from == cfg.train.steps:
+        on_event(f"run {run_name} is already complete at step {resumed_from}; nothing to do "
+                 "(pass --restart to train it again)")
+        summary.status = "COMPLETE"
+        summary.checkpoint = f"{summary.storage_path}/{ckpt.checkpoint_name(resumed_from)}"
+        summary.metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
+        if not reopened:
+            tracker.finish()
+        return summary
+    if resumed_from is not None:
+        on_event(f"resuming {run_name} from step {resumed_from}")
+
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.set_tags({"paralab.storage": summary.storage_path})
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+
+    on_event("preparing data")
+    data = prepare(cfg.data, project_dir() / ".paralab" / "data")
+    init_ray(cfg)
+    check_resources(cfg)
+
+    tc = cfg.train
+    trainer = TorchTrainer(
+        _train_fn(),
+        train_loop_config={
+            "experiment": to_dict(cfg),
+            "run": {
+                "identity": identity,
+                "tracking_uri": tracker.uri,
+                "mlflow_run_id": tracker.run_id,
+                "data": data,
+            },
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.workers, use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=root, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    stop = threading.Event()
+    watcher = None
+    if on_progress:
+        watcher = threading.Thread(target=_watch, args=(tracker, tc.steps, on_progress, stop), daemon=True)
+        watcher.start()
+    on_event(f"training on {tc.workers} worker(s), strategy {tc.strategy}")
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except Exception:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join(timeout=5)
+
+    summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    done = ckpt.list_checkpoints(fs, run_path)
+    if done:
+        last = max(done)
+        summary.checkpoint = f"{summary.storage_path}/{ckpt.checkpoint_name(last)}"
+        tracker.set_tags({"paralab.checkpoint": summary.checkpoint, "paralab.final_step": last})
+        if cfg.tracking.log_model and result.checkpoint is not None:
+            on_event("logging the final model to MLflow")
+            _log_model(tracker, cfg, result.checkpoint)
+    tracker.finish()
+    summary.status = "FINISHED"
+    return summary
+
+
+def _train_fn():
+    from paralab.platform.train.worker import train_fn
+
+    return train_fn
+
+
+def _log_model(tracker: Tracker, cfg: ExperimentConfig, checkpoint: Any) -> None:
+    """Log the final weights as an MLflow PyTorch model, with the config to rebuild it."""
+    import mlflow
+
+    from paralab.models.factory import build_model
+
+    with checkpoint.as_directory() as folder:
+        state = ckpt.full_state_dict(Path(folder))
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"paralab=={code_version().split('+')[0]}"])
+        mlflow.log_text(to_yaml(cfg), "model/paralab-config.yaml")
+    # start_run(run_id=...) ends the run on exit; the caller marks it finished.
+    tracker.client.update_run(tracker.run_id, status="RUNNING")

@@ -1,0 +1,61 @@
+"""The function Ray Train runs on every worker, and its hooks into Ray, MLflow and storage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray.train
+
+from paralab.platform.config.load import from_dict
+from paralab.platform.tracking.mlflow import Tracker
+from paralab.platform.train import checkpoint as ckpt
+from paralab.platform.train.loop import Trainer
+
+FAULT_ENV = "PARALAB_FAULT_INJECT"
+"""``STEP:RANK:MARKER``: that rank exits hard after logging STEP, once (MARKER records it).
+Used by the fault-tolerance tests to kill a worker mid-run."""
+
+
+class RayHooks:
+    def __init__(self, run: dict[str, Any], keep_last: int):
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.storage = context.get_storage()
+        self.keep_last = keep_last
+        self.tracker = Tracker(run["tracking_uri"], run["mlflow_run_id"]) if self.rank == 0 else None
+
+    def report(self, metrics, folder, name):
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    def log(self, metrics, step):
+        if self.tracker:
+            self.tracker.log_metrics(metrics, step)
+        _maybe_inject_fault(step, self.rank)
+
+    def prune(self, best_step):
+        ckpt.prune(self.storage.storage_filesystem, self.storage.experiment_fs_path,
+                   self.keep_last, best_step)
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    at_step, at_rank, marker = spec.split(":", 2)
+    if step == int(at_step) and rank == int(at_rank) and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+
+
+def train_fn(config: dict[str, Any]) -> None:
+    cfg = from_dict(config["experiment"])
+    run = config["run"]
+    trainer = Trainer(cfg, run["data"], RayHooks(run, cfg.train.keep_checkpoints))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.restore(Path(folder))
+    trainer.run()

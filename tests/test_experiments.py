@@ -1,0 +1,22 @@
+"""Every shipped experiment YAML parses and validates against the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paralab.platform.config.load import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if "sweeps" not in p.parts)
+
+
+def test_there_are_experiments():
+    assert any(p.name == "quickstart.yaml" for p in EXPERIMENTS)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(ROOT)) for p in EXPERIMENTS])
+def test_experiment_validates(path):
+    cfg = load_experiment(path)
+    assert cfg.name

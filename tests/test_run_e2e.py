@@ -1,0 +1,100 @@
+"""`paralab run` end to end on a private local Ray cluster: what MLflow and storage hold after it.
+
+These run the CLI as users do, in a subprocess with its own `PARALAB_HOME`, so the embedded
+SQLite store and checkpoint folder are the test's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "name=e2e",
+    "model.d_model=32", "model.n_layers=1", "model.heads=2", "model.mode=sequential",
+    "data.seq_len=32", "data.max_tokens=60000",
+    "train.steps=16", "train.batch_size=8", "train.workers=2", "train.cpus_per_worker=0.5",
+    "train.lr=3e-3", "train.warmup_frac=0.0",
+    "train.log_every=2", "train.eval_every=8", "train.checkpoint_every=8", "train.eval_batches=2",
+]
+
+
+def paralab(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PARALAB_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+                **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "paralab.platform.cli", *args], cwd=home,
+                          env=full_env, capture_output=True, text=True, timeout=600)
+    return proc
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    proc = paralab(home, "run", str(ROOT / "experiments" / "quickstart.yaml"), *TINY)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / '.paralab' / 'mlflow.db'}")
+    return home, proc, client
+
+
+def _runs(client: MlflowClient):
+    exp = client.get_experiment_by_name("e2e")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_mlflow_holds_params_metrics_config_and_checkpoint(first_run):
+    home, proc, client = first_run
+    (run,) = _runs(client)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.cell"] == "paragru" and params["train.steps"] == "16"
+    assert params["train.workers"] == "2"
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] - 0.5, losses  # byte-level loss starts near ln(256)=5.5
+    assert "val_loss" in run.data.metrics and "tokens_per_s" in run.data.metrics
+    assert any(k.startswith("newton/") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts and "model" in artifacts
+    config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text()
+    assert "cell: paragru" in config_text
+    ckpt = Path(run.data.tags["paralab.checkpoint"])
+    assert ckpt.name == "checkpoint_00000016" and (ckpt / "model.pt").exists()
+    assert (ckpt / "trainer.pt").exists() and (ckpt / "rng-rank1.pt").exists()
+    assert "paralab ui" in proc.stdout and str(ckpt.parent) in proc.stdout.replace("\n", "")
+
+
+def test_second_run_overwrites_nothing_and_restart_adds_a_generation(first_run):
+    home, _, client = first_run
+    (run,) = _runs(client)
+    run_dir = Path(run.data.tags["paralab.checkpoint"]).parent
+    before = digest(run_dir)
+
+    again = paralab(home, "run", str(ROOT / "experiments" / "quickstart.yaml"), *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already complete" in again.stdout
+    assert digest(run_dir) == before
+    assert [r.info.run_id for r in _runs(client)] == [run.info.run_id]
+
+    restarted = paralab(home, "run", str(ROOT / "experiments" / "quickstart.yaml"), *TINY, "--restart")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    runs = _runs(client)
+    assert len(runs) == 2 and runs[0].info.run_id == run.info.run_id
+    assert runs[1].data.tags["paralab.generation"] == "1"
+    assert Path(runs[1].data.tags["paralab.checkpoint"]).parent.name.endswith(".g1")
+    assert digest(run_dir) == before  # the first generation is untouched

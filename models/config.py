@@ -46,6 +46,8 @@ class ModelConfig:
     """Stop Newton early once the max residual falls below this; `null` runs all iterations."""
     a_bound: float = 0.5
     """Bound on |A| and |C|, the recurrent weights; Newton's convergence depends on it."""
+    newton_fallback_tol: float | None = 1e-2
+    """Largest final Newton residual (times max(1, max|h|)) accepted before the call is redone sequentially; `null` skips the check and its host sync."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -65,6 +67,8 @@ class ModelConfig:
             raise ValueError("mlp_ratio and conv_kernel must be >= 0")
         if self.newton_tol is not None and self.newton_tol <= 0:
             raise ValueError(f"newton_tol must be > 0 or null, got {self.newton_tol}")
+        if self.newton_fallback_tol is not None and self.newton_fallback_tol <= 0:
+            raise ValueError(f"newton_fallback_tol must be > 0 or null, got {self.newton_fallback_tol}")
         if not 0 < self.a_bound:
             raise ValueError(f"a_bound must be > 0, got {self.a_bound}")
 

@@ -1,0 +1,45 @@
+"""Cells by name, so that ``model.cell: <name>`` in a YAML finds them.
+
+Built-in cells register themselves when their module is imported; :func:`get_cell` imports
+them on first use.  A custom cell registers with ``register_cell("name", MyCell)`` (see
+:mod:`paralab.models.leaky_tanh` for a worked example).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from paralab.models.cell import RecurrentCell
+
+_CELLS: dict[str, type[RecurrentCell]] = {}
+_BUILTIN_MODULES = ("paragru", "paralstm", "linear_cell", "leaky_tanh")
+
+
+def register_cell(name: str, cls: type[RecurrentCell]) -> type[RecurrentCell]:
+    """Make ``cls`` available as ``model.cell: name``; returns ``cls``."""
+    existing = _CELLS.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"cell {name!r} is already registered to {existing.__qualname__}")
+    _CELLS[name] = cls
+    return cls
+
+
+def get_cell(name: str) -> type[RecurrentCell]:
+    """The cell class registered as ``name``."""
+    _load_builtins()
+    if name not in _CELLS:
+        raise KeyError(f"unknown cell {name!r}; registered: {sorted(_CELLS)}")
+    return _CELLS[name]
+
+
+def registered_cells() -> list[str]:
+    """Names of every registered cell."""
+    _load_builtins()
+    return sorted(_CELLS)
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"paralab.models.{module}")

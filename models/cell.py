@@ -128,7 +128,9 @@ class RecurrentCell(nn.Module):
     def init_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:
         """Zero state ``[batch, N]`` or ``[batch, N, 2]`` for inference."""
         shape = (batch, self.hidden) + ((2,) if self.jacobian_structure == "block2" else ())
-        return torch.zeros(shape, device=device or self.b.device, dtype=dtype or _compute_dtype(self.b.dtype))
+        return torch.zeros(
+            shape, device=device or self.b.device, dtype=dtype or _compute_dtype(self.b.dtype)
+        )
 
     # ---- application ----------------------------------------------------------------
     def newton_settings(self) -> NewtonSettings:

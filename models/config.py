@@ -68,7 +68,9 @@ class ModelConfig:
         if self.newton_tol is not None and self.newton_tol <= 0:
             raise ValueError(f"newton_tol must be > 0 or null, got {self.newton_tol}")
         if self.newton_fallback_tol is not None and self.newton_fallback_tol <= 0:
-            raise ValueError(f"newton_fallback_tol must be > 0 or null, got {self.newton_fallback_tol}")
+            raise ValueError(
+                f"newton_fallback_tol must be > 0 or null, got {self.newton_fallback_tol}"
+            )
         if not 0 < self.a_bound:
             raise ValueError(f"a_bound must be > 0, got {self.a_bound}")
 

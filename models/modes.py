@@ -74,7 +74,9 @@ def resolve_mode(mode: str, cell: RecurrentCell, p: torch.Tensor) -> str:
         _bucket(hidden),
     )
     if key not in _auto_choices:
-        timings = {m: _time_mode(cell, m, tuple(p.shape), p.dtype, p.device, grad) for m in PROBED_MODES}
+        timings = {
+            m: _time_mode(cell, m, tuple(p.shape), p.dtype, p.device, grad) for m in PROBED_MODES
+        }
         _auto_choices[key] = min(timings, key=timings.get)
     return _auto_choices[key]
 

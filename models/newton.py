@@ -122,5 +122,9 @@ def _rejected(residuals: torch.Tensor, states: torch.Tensor, fallback_tol: float
     # A residual that "grows" within rounding of an already-exact guess is not divergence.
     floor = torch.finfo(states.dtype).eps ** 0.5
     scale = states.abs().amax().clamp(min=1.0) if states.numel() else states.new_ones(())
-    bad = ~torch.isfinite(final) | ((final > first) & (final > floor)) | (final > fallback_tol * scale)
+    bad = (
+        ~torch.isfinite(final)
+        | ((final > first) & (final > floor))
+        | (final > fallback_tol * scale)
+    )
     return bool(bad)

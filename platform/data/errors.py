@@ -1,0 +1,12 @@
+"""The one error type the data pipeline raises for problems a user can fix."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data problem the user can fix.
+
+    The message is one line that names the config key and its value and says what to do,
+    e.g. ``data.path='corpus/*.txt' matches no files; check the pattern``. The CLI prints
+    it as is, without a traceback.
+    """

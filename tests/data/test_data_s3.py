@@ -1,0 +1,101 @@
+"""The s3:// cache: upload after preparing, download on another machine, refuse a corrupt copy.
+
+S3 is moto's in-process mock; the real SeaweedFS server is exercised by the `s3`-marked tests
+of the platform.
+"""
+
+from __future__ import annotations
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+import paralab.platform.data.shards as shards
+from paralab.platform.config.schema import DataConfig
+from paralab.platform.data import DataError, S3Mirror, load_prepared, prepare
+from paralab.platform.data.s3 import parse_s3_uri
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="paralab")
+        yield client
+
+
+@pytest.fixture
+def cfg():
+    return DataConfig(source="bible", max_tokens=20_000, seq_len=16, cache_dir="s3://paralab/data/")
+
+
+def _no_build(*args, **kwargs):
+    raise AssertionError("tokenized although the S3 cache has the entry")
+
+
+def test_round_trip(bucket, cfg, tmp_path, monkeypatch):
+    built = prepare(cfg, tmp_path / "machine-a")
+    listed = bucket.list_objects_v2(Bucket="paralab", Prefix="data/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [
+        f"data/{built.key}/{name}" for name in ("meta.json", "train.bin", "val.bin")]
+
+    monkeypatch.setattr(shards, "_build", _no_build)
+    reports = []
+    fetched = load_prepared(cfg, built.key, tmp_path / "machine-b", progress=reports.append)
+    assert fetched.directory == tmp_path / "machine-b" / built.key
+    assert np.array_equal(fetched.train, built.train) and np.array_equal(fetched.val, built.val)
+    assert fetched.meta == built.meta
+    assert {r.stage for r in reports} == {"download train.bin", "download val.bin"}
+    assert all(r.unit == "bytes" for r in reports)
+    last = [r for r in reports if r.stage == "download train.bin"][-1]
+    assert last.done == last.total == 2 * len(built.train)
+
+    again = prepare(cfg, tmp_path / "machine-c")  # prepare() also downloads instead of building
+    assert np.array_equal(again.train, built.train)
+
+
+def test_local_entry_is_uploaded_when_missing(bucket, cfg, tmp_path):
+    local_only = DataConfig(source="bible", max_tokens=20_000, seq_len=16)
+    key = prepare(local_only, tmp_path / "cache").key
+    assert not S3Mirror(cfg.cache_dir).has(key)
+    prepare(cfg, tmp_path / "cache")
+    assert S3Mirror(cfg.cache_dir).has(key)
+
+
+def test_corrupt_copy_is_refused(bucket, cfg, tmp_path, monkeypatch):
+    built = prepare(cfg, tmp_path / "machine-a")
+    flipped = np.asarray(built.val).copy()
+    flipped[0] ^= 1
+    bucket.put_object(Bucket="paralab", Key=f"data/{built.key}/val.bin", Body=flipped.tobytes())
+    monkeypatch.setattr(shards, "_build", _no_build)
+    with pytest.raises(DataError, match=r"data.cache_dir='s3://paralab/data/'.*corrupt"):
+        load_prepared(cfg, built.key, tmp_path / "machine-b")
+    assert not (tmp_path / "machine-b" / built.key).exists()
+
+
+def test_missing_entry_and_bucket(bucket, cfg, tmp_path):
+    with pytest.raises(DataError, match=r"'bible-0000' is not in .* or s3://paralab/data/"):
+        load_prepared(cfg, "bible-0000", tmp_path)
+    cfg.cache_dir = "s3://no-such-bucket/data"
+    with pytest.raises(DataError, match=r"data.cache_dir='s3://no-such-bucket/data': S3 request failed"):
+        prepare(cfg, tmp_path)
+
+
+def test_endpoint_from_argument_or_env(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    assert S3Mirror("s3://b/p").client.meta.endpoint_url == "http://127.0.0.1:8333"
+    explicit = S3Mirror("s3://b/p", endpoint_url="http://127.0.0.1:9000")
+    assert explicit.client.meta.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_parse_s3_uri():
+    assert parse_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    with pytest.raises(DataError, match="has no bucket"):
+        parse_s3_uri("s3:///prefix")

@@ -1,0 +1,553 @@
+"""Chunked, work-efficient linear scans in Triton.
+
+    h_t = a_t ⊙ h_{t-1} + b_t          (diagonal:   a, b  [B, T, N])
+    h_t = a_t @ h_{t-1} + b_t          (2×2 block:  a [B, T, N, 2, 2], b [B, T, N, 2])
+
+Each program owns one batch row, one block of BN units and one *group* of consecutive time
+steps.  It walks its group tile by tile (BT rows per tile), carrying the state in registers:
+
+1. ``_*_chunk_reduce_kernel``: each group's aggregate (A, b) = composition of its steps, with
+   a zero state (skipped when there is one group);
+2. ``_*_chunk_carry_kernel``: a short sequential pass over the G group aggregates per unit
+   gives the state entering every group;
+3. ``_*_chunk_scan_kernel``: every group re-scans its steps from its entering state and
+   writes h.
+
+Memory traffic is one read of (a, b) per pass plus one write of h; with one group (many
+batch rows × unit blocks already fill the GPU) it is the ideal read-once, write-once.
+
+Inside a tile the recurrence is an inclusive scan over the [BT, BN] tile, loaded with one wide
+load.  On GPU it is ``tl.associative_scan`` (log depth, in registers).  The CPU interpreter
+runs a custom-combine associative scan at ~45 µs per element, so there the same scan is done
+by Hillis–Steele doubling whose row shifts are one-hot contractions (``where`` + ``sum``),
+which the interpreter evaluates as whole numpy arrays.  Both compose the same operator,
+earlier element x then later y:
+
+    (A_x, b_x) • (A_y, b_y) = (A_y A_x, A_y b_x + b_y)
+
+Time order is reversed by mapping the scan position s to t = T - 1 - s; the adjoint pass reads
+the coefficient at t + A_SHIFT (transposed for blocks), so the same kernels solve
+λ_t = g_t + a_{t+1}ᵀ λ_{t+1}.  All arithmetic is fp32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from paralab.kernels.scan.utils import check_scan_args
+
+# ---------------------------------------------------------------------------------------------
+# Combine functions (x is the earlier element, y the later one).
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _combine_diag(a_x, b_x, a_y, b_y):
+    return a_y * a_x, a_y * b_x + b_y
+
+
+@triton.jit
+def _combine_block(x00, x01, x10, x11, x0, x1, y00, y01, y10, y11, y0, y1):
+    return (
+        y00 * x00 + y01 * x10,
+        y00 * x01 + y01 * x11,
+        y10 * x00 + y11 * x10,
+        y10 * x01 + y11 * x11,
+        y00 * x0 + y01 * x1 + y0,
+        y10 * x0 + y11 * x1 + y1,
+    )
+
+
+LOG2_BT_MAX = tl.constexpr(7)  # tiles hold at most 128 rows
+
+# ---------------------------------------------------------------------------------------------
+# Tile helpers: advance a carried state over BT consecutive scan positions s0 .. s0 + BT - 1.
+# Rows past the end are the identity element, so the tile's last row is the whole tile.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _diag_tile(
+    a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n,
+    BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
+    STORE_H: tl.constexpr, USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    o_i = tl.arange(0, BT)
+    o_s = s0 + o_i
+    if REVERSE:
+        o_t = T - 1 - o_s
+    else:
+        o_t = o_s
+    o_ta = o_t + A_SHIFT
+    m_s = o_s < T
+    m_a = m_s & (o_ta >= 0) & (o_ta < T)
+    p_a = a + base + o_ta[:, None] * N + o_n[None, :]
+    b_a = tl.load(p_a, mask=m_a[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    b_a = tl.where(m_s[:, None], b_a, 1.0)
+    p_b = b + base + o_t[:, None] * N + o_n[None, :]
+    b_b = tl.load(p_b, mask=m_s[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    # In-tile inclusive scan: row i becomes the composite of rows 0..i.
+    if USE_ASSOC:
+        b_a, b_b = tl.associative_scan((b_a, b_b), 0, _combine_diag)
+    else:
+        # Hillis–Steele doubling, rows shifted by a one-hot contraction: only elementwise
+        # ops and sums, which the interpreter runs as whole numpy arrays.
+        for k in tl.static_range(LOG2_BT_MAX):
+            if (1 << k) < BT:
+                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
+                b_a_prev = tl.sum(tl.where(m_sel, b_a[None, :, :], 0.0), axis=1)
+                b_b_prev = tl.sum(tl.where(m_sel, b_b[None, :, :], 0.0), axis=1)
+                m_has = (o_i >= (1 << k))[:, None]
+                b_b = tl.where(m_has, b_a * b_b_prev + b_b, b_b)
+                b_a = tl.where(m_has, b_a * b_a_prev, b_a)
+    b_hs = b_a * b_h[None, :] + b_b
+    if STORE_H:
+        p_h = h + base + o_t[:, None] * N + o_n[None, :]
+        tl.store(p_h, b_hs.to(h.dtype.element_ty), mask=m_s[:, None] & m_n[None, :])
+    m_last = (o_i == BT - 1)[:, None]
+    b_h = tl.sum(tl.where(m_last, b_hs, 0.0), axis=0)
+    b_prod = tl.sum(tl.where(m_last, b_a, 0.0), axis=0) * b_prod
+    return b_h, b_prod
+
+
+@triton.jit
+def _block_tile(
+    a, b, h, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
+    BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr, TRANSPOSE: tl.constexpr,
+    STORE_H: tl.constexpr, USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    o_i = tl.arange(0, BT)
+    o_s = s0 + o_i
+    if REVERSE:
+        o_t = T - 1 - o_s
+    else:
+        o_t = o_s
+    o_ta = o_t + A_SHIFT
+    m_s = (o_s < T)[:, None]
+    m_a = m_s & ((o_ta >= 0) & (o_ta < T))[:, None] & m_n[None, :]
+    o_a = (base + o_ta[:, None] * N + o_n[None, :]) * 4
+    b_a00 = tl.where(m_s, tl.load(a + o_a + 0, mask=m_a, other=0.0).to(tl.float32), 1.0)
+    b_a11 = tl.where(m_s, tl.load(a + o_a + 3, mask=m_a, other=0.0).to(tl.float32), 1.0)
+    if TRANSPOSE:
+        b_a01 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(tl.float32)
+        b_a10 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(tl.float32)
+    else:
+        b_a01 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(tl.float32)
+        b_a10 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(tl.float32)
+    o_b = (base + o_t[:, None] * N + o_n[None, :]) * 2
+    m_b = m_s & m_n[None, :]
+    b_b0 = tl.load(b + o_b + 0, mask=m_b, other=0.0).to(tl.float32)
+    b_b1 = tl.load(b + o_b + 1, mask=m_b, other=0.0).to(tl.float32)
+    # In-tile inclusive scan: row i becomes the composite of rows 0..i.
+    if USE_ASSOC:
+        b_a00, b_a01, b_a10, b_a11, b_b0, b_b1 = tl.associative_scan(
+            (b_a00, b_a01, b_a10, b_a11, b_b0, b_b1), 0, _combine_block
+        )
+    else:
+        for k in tl.static_range(LOG2_BT_MAX):
+            if (1 << k) < BT:
+                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
+                x00 = tl.sum(tl.where(m_sel, b_a00[None, :, :], 0.0), axis=1)
+                x01 = tl.sum(tl.where(m_sel, b_a01[None, :, :], 0.0), axis=1)
+                x10 = tl.sum(tl.where(m_sel, b_a10[None, :, :], 0.0), axis=1)
+                x11 = tl.sum(tl.where(m_sel, b_a11[None, :, :], 0.0), axis=1)
+                x0 = tl.sum(tl.where(m_sel, b_b0[None, :, :], 0.0), axis=1)
+                x1 = tl.sum(tl.where(m_sel, b_b1[None, :, :], 0.0), axis=1)
+                m_has = (o_i >= (1 << k))[:, None]
+                c00, c01, c10, c11, c0, c1 = _combine_block(
+                    x00, x01, x10, x11, x0, x1, b_a00, b_a01, b_a10, b_a11, b_b0, b_b1
+                )
+                b_a00 = tl.where(m_has, c00, b_a00)
+                b_a01 = tl.where(m_has, c01, b_a01)
+                b_a10 = tl.where(m_has, c10, b_a10)
+                b_a11 = tl.where(m_has, c11, b_a11)
+                b_b0 = tl.where(m_has, c0, b_b0)
+                b_b1 = tl.where(m_has, c1, b_b1)
+    b_hs0 = b_a00 * b_h0[None, :] + b_a01 * b_h1[None, :] + b_b0
+    b_hs1 = b_a10 * b_h0[None, :] + b_a11 * b_h1[None, :] + b_b1
+    if STORE_H:
+        o_h = (base + o_t[:, None] * N + o_n[None, :]) * 2
+        tl.store(h + o_h + 0, b_hs0.to(h.dtype.element_ty), mask=m_b)
+        tl.store(h + o_h + 1, b_hs1.to(h.dtype.element_ty), mask=m_b)
+    m_last = (o_i == BT - 1)[:, None]
+    b_h0 = tl.sum(tl.where(m_last, b_hs0, 0.0), axis=0)
+    b_h1 = tl.sum(tl.where(m_last, b_hs1, 0.0), axis=0)
+    l00 = tl.sum(tl.where(m_last, b_a00, 0.0), axis=0)
+    l01 = tl.sum(tl.where(m_last, b_a01, 0.0), axis=0)
+    l10 = tl.sum(tl.where(m_last, b_a10, 0.0), axis=0)
+    l11 = tl.sum(tl.where(m_last, b_a11, 0.0), axis=0)
+    b_p00, b_p01, b_p10, b_p11 = (
+        l00 * b_p00 + l01 * b_p10,
+        l00 * b_p01 + l01 * b_p11,
+        l10 * b_p00 + l11 * b_p10,
+        l10 * b_p01 + l11 * b_p11,
+    )
+    return b_h0, b_h1, b_p00, b_p01, b_p10, b_p11
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagonal kernels.  Grid (G groups, N blocks, B) for reduce and scan, (N blocks, B) for carry.
+# chunk_a, chunk_b, carry are fp32 [B, G, N].
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _diag_chunk_reduce_kernel(
+    a, b, chunk_a, chunk_b, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
+    USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G = tl.num_programs(0)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_h = tl.zeros([BN], dtype=tl.float32)
+    b_prod = tl.full([BN], 1.0, dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        b_h, b_prod = _diag_tile(
+            a, b, a, b_h, b_prod, s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, False, USE_ASSOC
+        )
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    tl.store(chunk_a + o_c, b_prod, mask=m_n)
+    tl.store(chunk_b + o_c, b_h, mask=m_n)
+
+
+@triton.jit
+def _diag_chunk_carry_kernel(
+    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr
+):
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    if HAS_H0:
+        b_h = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([BN], dtype=tl.float32)
+    for i_g in range(G):
+        o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+        tl.store(carry + o_c, b_h, mask=m_n)
+        b_a = tl.load(chunk_a + o_c, mask=m_n, other=0.0)
+        b_b = tl.load(chunk_b + o_c, mask=m_n, other=0.0)
+        b_h = b_a * b_h + b_b
+
+
+@triton.jit
+def _diag_chunk_scan_kernel(
+    a, b, h0, carry, h, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr, USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G = tl.num_programs(0)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    if HAS_CARRY:
+        o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+        b_h = tl.load(carry + o_c, mask=m_n, other=0.0)
+    elif HAS_H0:
+        b_h = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([BN], dtype=tl.float32)
+    b_prod = tl.full([BN], 1.0, dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        b_h, b_prod = _diag_tile(
+            a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, True, USE_ASSOC
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2×2-block kernels.  chunk_a is fp32 [B, G, N, 2, 2]; chunk_b and carry are fp32 [B, G, N, 2].
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _block_chunk_reduce_kernel(
+    a, b, chunk_a, chunk_b, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
+    TRANSPOSE: tl.constexpr, USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G = tl.num_programs(0)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_h0 = tl.zeros([BN], dtype=tl.float32)
+    b_h1 = tl.zeros([BN], dtype=tl.float32)
+    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_p01 = tl.zeros([BN], dtype=tl.float32)
+    b_p10 = tl.zeros([BN], dtype=tl.float32)
+    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
+            a, b, a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
+            BT, REVERSE, A_SHIFT, TRANSPOSE, False, USE_ASSOC,
+        )  # fmt: skip
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    tl.store(chunk_a + o_c * 4 + 0, b_p00, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
+    tl.store(chunk_b + o_c * 2 + 0, b_h0, mask=m_n)
+    tl.store(chunk_b + o_c * 2 + 1, b_h1, mask=m_n)
+
+
+@triton.jit
+def _block_chunk_carry_kernel(
+    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr
+):
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    if HAS_H0:
+        o_h0 = (i_b.to(tl.int64) * N + o_n) * 2
+        b_h0 = tl.load(h0 + o_h0 + 0, mask=m_n, other=0.0).to(tl.float32)
+        b_h1 = tl.load(h0 + o_h0 + 1, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_h0 = tl.zeros([BN], dtype=tl.float32)
+        b_h1 = tl.zeros([BN], dtype=tl.float32)
+    for i_g in range(G):
+        o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+        tl.store(carry + o_c * 2 + 0, b_h0, mask=m_n)
+        tl.store(carry + o_c * 2 + 1, b_h1, mask=m_n)
+        b_a00 = tl.load(chunk_a + o_c * 4 + 0, mask=m_n, other=0.0)
+        b_a01 = tl.load(chunk_a + o_c * 4 + 1, mask=m_n, other=0.0)
+        b_a10 = tl.load(chunk_a + o_c * 4 + 2, mask=m_n, other=0.0)
+        b_a11 = tl.load(chunk_a + o_c * 4 + 3, mask=m_n, other=0.0)
+        b_b0 = tl.load(chunk_b + o_c * 2 + 0, mask=m_n, other=0.0)
+        b_b1 = tl.load(chunk_b + o_c * 2 + 1, mask=m_n, other=0.0)
+        b_h0, b_h1 = b_a00 * b_h0 + b_a01 * b_h1 + b_b0, b_a10 * b_h0 + b_a11 * b_h1 + b_b1
+
+
+@triton.jit
+def _block_chunk_scan_kernel(
+    a, b, h0, carry, h, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
+    TRANSPOSE: tl.constexpr, HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr,
+    USE_ASSOC: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G = tl.num_programs(0)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    if HAS_CARRY:
+        o_c = ((i_b.to(tl.int64) * G + i_g) * N + o_n) * 2
+        b_h0 = tl.load(carry + o_c + 0, mask=m_n, other=0.0)
+        b_h1 = tl.load(carry + o_c + 1, mask=m_n, other=0.0)
+    elif HAS_H0:
+        o_h0 = (i_b.to(tl.int64) * N + o_n) * 2
+        b_h0 = tl.load(h0 + o_h0 + 0, mask=m_n, other=0.0).to(tl.float32)
+        b_h1 = tl.load(h0 + o_h0 + 1, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_h0 = tl.zeros([BN], dtype=tl.float32)
+        b_h1 = tl.zeros([BN], dtype=tl.float32)
+    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_p01 = tl.zeros([BN], dtype=tl.float32)
+    b_p10 = tl.zeros([BN], dtype=tl.float32)
+    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
+            a, b, h, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
+            BT, REVERSE, A_SHIFT, TRANSPOSE, True, USE_ASSOC,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration and the forward/adjoint driver.
+# ---------------------------------------------------------------------------------------------
+
+
+def interpreting() -> bool:
+    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def scan_launch_config(
+    B: int, T: int, N: int, block: bool, device: torch.device,
+    chunk_size: int | None = None, use_associative_scan: bool | None = None,
+) -> dict:  # fmt: skip
+    """Tile sizes, group length and grid for a scan; exposed for tests and benchmarks.
+
+    ``chunk_size`` forces the number of time steps per group (rounded up to the tile BT);
+    ``use_associative_scan`` picks the in-tile algorithm (default: on GPU only).
+    """
+    interp = interpreting() or device.type != "cuda"
+    use_assoc = (not interp) if use_associative_scan is None else use_associative_scan
+    if interp:
+        # Few, wide programs: the interpreter's cost is per op, not per element.
+        BN = min(64, triton.next_power_of_2(max(N, 1)))
+        BT = 8 if use_assoc else 32
+    else:
+        BN = 32 if block else 64
+        BT = 32 if block else 64
+    BT = min(BT, max(triton.next_power_of_2(max(T, 1)), 1 if not use_assoc else 2))
+    n_blocks = triton.cdiv(N, BN)
+    n_tiles = triton.cdiv(max(T, 1), BT)
+    if chunk_size is not None:
+        rows = triton.cdiv(chunk_size, BT) * BT
+    elif interp:
+        rows = n_tiles * BT
+    else:
+        # Split time into groups only as far as needed to give every SM a few programs:
+        # each extra group costs one extra read of (a, b) in the reduce pass.
+        target = 4 * _num_sms(device)
+        groups = max(1, min(n_tiles, triton.cdiv(target, B * n_blocks)))
+        rows = triton.cdiv(n_tiles, groups) * BT
+    groups = triton.cdiv(max(T, 1), rows)
+    num_warps = 4 if (use_assoc and not interp) else 1
+    return dict(BT=BT, BN=BN, ROWS=rows, G=groups, n_blocks=n_blocks, USE_ASSOC=use_assoc,
+                num_warps=num_warps)  # fmt: skip
+
+
+def scan_triton_raw(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None,
+    out: torch.Tensor,
+    reverse: bool,
+    a_shift: int = 0,
+    transpose: bool = False,
+    chunk_size: int | None = None,
+    use_associative_scan: bool | None = None,
+) -> torch.Tensor:
+    """Launch the chunked scan kernels, writing h into ``out`` (any float dtype, b's shape).
+
+    ``a_shift`` reads the coefficient of step t at t + a_shift (zero outside [0, T));
+    ``transpose`` transposes 2×2 blocks.  No autograd; inputs must be contiguous.
+    """
+    block = a.dim() == 5
+    B, T, N = b.shape[:3]
+    if T == 0 or B == 0 or N == 0:
+        return out
+    cfg = scan_launch_config(B, T, N, block, b.device, chunk_size, use_associative_scan)
+    G, BT, BN, rows = cfg["G"], cfg["BT"], cfg["BN"], cfg["ROWS"]
+    use_assoc, num_warps = cfg["USE_ASSOC"], cfg["num_warps"]
+    grid = (G, cfg["n_blocks"], B)
+    h0_arg = h0 if h0 is not None else b
+    carry = b  # placeholder pointer when there is a single group
+    if G > 1:
+        width = (2,) if block else ()
+        chunk_a = torch.empty(
+            (B, G, N) + ((2, 2) if block else ()), device=b.device, dtype=torch.float32
+        )
+        chunk_b = torch.empty((B, G, N) + width, device=b.device, dtype=torch.float32)
+        carry = torch.empty((B, G, N) + width, device=b.device, dtype=torch.float32)
+        if block:
+            _block_chunk_reduce_kernel[grid](
+                a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+                A_SHIFT=a_shift, TRANSPOSE=transpose, USE_ASSOC=use_assoc, num_warps=num_warps,
+            )  # fmt: skip
+            _block_chunk_carry_kernel[(cfg["n_blocks"], B)](
+                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None
+            )
+        else:
+            _diag_chunk_reduce_kernel[grid](
+                a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+                A_SHIFT=a_shift, USE_ASSOC=use_assoc, num_warps=num_warps,
+            )  # fmt: skip
+            _diag_chunk_carry_kernel[(cfg["n_blocks"], B)](
+                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None
+            )
+    if block:
+        _block_chunk_scan_kernel[grid](
+            a, b, h0_arg, carry, out, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+            A_SHIFT=a_shift, TRANSPOSE=transpose, HAS_H0=h0 is not None, HAS_CARRY=G > 1,
+            USE_ASSOC=use_assoc, num_warps=num_warps,
+        )  # fmt: skip
+    else:
+        _diag_chunk_scan_kernel[grid](
+            a, b, h0_arg, carry, out, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+            A_SHIFT=a_shift, HAS_H0=h0 is not None, HAS_CARRY=G > 1, USE_ASSOC=use_assoc,
+            num_warps=num_warps,
+        )  # fmt: skip
+    return out
+
+
+def _matvec_t(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """aᵀ v for [..., 2, 2] blocks and [..., 2] vectors."""
+    return (a.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
+
+
+class LinearScanFn(torch.autograd.Function):
+    """Autograd wrapper: the backward pass is the adjoint scan in the opposite direction,
+    λ_t = g_t + a_{t+1}ᵀ λ_{t+1} (mirrored for ``reverse``), grad_b = λ,
+    grad_a_t = λ_t h_{t-1}ᵀ, grad_h0 = a_0ᵀ λ_0."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, reverse, chunk_size, use_associative_scan):
+        a, b = a.contiguous(), b.contiguous()
+        h0c = h0.contiguous() if h0 is not None else None
+        h = torch.empty_like(b)
+        scan_triton_raw(a, b, h0c, h, reverse, 0, False, chunk_size, use_associative_scan)
+        ctx.save_for_backward(a, h0c, h)
+        ctx.reverse, ctx.chunk_size, ctx.use_assoc = reverse, chunk_size, use_associative_scan
+        ctx.h0_dtype = None if h0 is None else h0.dtype
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h0, h = ctx.saved_tensors
+        reverse = ctx.reverse
+        block = a.dim() == 5
+        grad_h = grad_h.contiguous()
+        lam = torch.empty(grad_h.shape, device=grad_h.device, dtype=torch.float32)
+        scan_triton_raw(
+            a, grad_h, None, lam, not reverse, -1 if reverse else 1, True,
+            ctx.chunk_size, ctx.use_assoc,
+        )  # fmt: skip
+        h32 = h.float()
+        init = torch.zeros_like(h32[:, :1]) if h0 is None else h0.float().unsqueeze(1)
+        if reverse:
+            h_prev = torch.cat([h32[:, 1:], init], dim=1)
+        else:
+            h_prev = torch.cat([init, h32[:, :-1]], dim=1)
+        grad_a = lam.unsqueeze(-1) * h_prev.unsqueeze(-2) if block else lam * h_prev
+        grad_h0 = None
+        if h0 is not None and ctx.needs_input_grad[2]:
+            edge = -1 if reverse else 0
+            a_edge, lam_edge = a[:, edge].float(), lam[:, edge]
+            grad_h0 = _matvec_t(a_edge, lam_edge) if block else a_edge * lam_edge
+            grad_h0 = grad_h0.to(ctx.h0_dtype)
+        return grad_a.to(a.dtype), lam.to(grad_h.dtype), grad_h0, None, None, None
+
+
+def linear_scan_triton(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    reverse: bool = False,
+    chunk_size: int | None = None,
+    use_associative_scan: bool | None = None,
+) -> torch.Tensor:
+    """Chunked Triton scan of h_t = a_t h_{t-1} + b_t (h_t = a_t h_{t+1} + b_t if ``reverse``).
+
+    Args:
+        a: ``[B, T, N]`` (diagonal) or ``[B, T, N, 2, 2]`` (2×2 block); fp32, bf16 or fp16.
+        b: ``[B, T, N]`` or ``[B, T, N, 2]``, same dtype as ``a``.
+        h0: ``[B, N]`` or ``[B, N, 2]`` initial state (the state after the end if
+            ``reverse``); zeros when None.
+        reverse: scan from t = T - 1 down to 0.
+        chunk_size: time steps per program group; None picks one from the device.
+        use_associative_scan: in-tile algorithm; None means on GPU only.
+
+    Returns:
+        h, shape and dtype of ``b``, accumulated in fp32.  Differentiable in a, b and h0.
+    """
+    check_scan_args(a, b, h0)
+    return LinearScanFn.apply(a, b, h0, reverse, chunk_size, use_associative_scan)

@@ -275,6 +275,10 @@ class S3Storage(Storage):
             self._client = self.settings.client()
         return self._client
 
+    def __getstate__(self) -> dict:
+        # boto3 clients do not pickle; a copy sent to a Ray worker builds its own.
+        return {**self.__dict__, "_client": None}
+
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
 
@@ -396,11 +400,11 @@ class S3Storage(Storage):
             raise FileNotFoundError(f"not a directory: {source}")
         files = sorted(p for p in source.rglob("*") if p.is_file())
         keys = [join(key, f.relative_to(source).as_posix()) for f in files]
+        client = self.client  # built once, here, not racing in the threads
 
         def upload(pair: tuple[Path, str]) -> None:
             file, rel = pair
-            self._call("write", rel, self.client.upload_file, str(file), self.bucket,
-                       self._key(rel))
+            self._call("write", rel, client.upload_file, str(file), self.bucket, self._key(rel))
 
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
             list(pool.map(upload, zip(files, keys)))
@@ -411,13 +415,14 @@ class S3Storage(Storage):
         base = self._dir(key)
         full_keys = list(self._iter_keys(key))
         paths = [dest_root / k[len(base):] for k in full_keys]
+        client = self.client
 
         def download(pair: tuple[str, Path]) -> None:
             full, dest = pair
             dest.parent.mkdir(parents=True, exist_ok=True)
             # s3transfer writes to a temporary name and renames, so a crash leaves no part.
-            self._call("read", self._rel(full), self.client.download_file, self.bucket,
-                       full, str(dest))
+            self._call("read", self._rel(full), client.download_file, self.bucket, full,
+                       str(dest))
 
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
             list(pool.map(download, zip(full_keys, paths)))

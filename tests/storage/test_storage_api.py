@@ -100,6 +100,15 @@ def test_join(parts, key):
     assert join(*parts) == key
 
 
+def test_storage_pickles_for_ray_workers(storage: Storage):
+    import pickle
+
+    storage.write_bytes("k", b"before")
+    copy = pickle.loads(pickle.dumps(storage))
+    copy.write_bytes("k", b"after")
+    assert storage.read_bytes("k") == b"after"
+
+
 def test_join_rejects_escaping_the_root():
     with pytest.raises(ValueError, match=r"\.\."):
         join("a", "../../etc")

@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.file, args.overrides)
     progress = Progress(
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console, transient=False,
     )
     task = progress.add_task("train", total=cfg.train.steps, info="")
@@ -84,8 +84,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_event(message: str) -> None:
         progress.console.print(f"[cyan]paralab[/] {message}")
 
+    data_task = None
+
+    def on_data(update) -> None:  # tokenisation progress, in the corpus's own units
+        nonlocal data_task
+        if data_task is None:
+            data_task = progress.add_task("data", total=update.total, info=update.stage)
+        progress.update(data_task, completed=update.done, total=update.total,
+                        info=f"{update.stage} ({update.unit})")
+
     with progress:
-        summary = launch(cfg, restart=args.restart, on_event=on_event, on_progress=on_progress)
+        summary = launch(cfg, restart=args.restart, on_event=on_event, on_progress=on_progress,
+                         on_data=on_data)
         progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
     console.print(_summary_table(summary))
     _next_steps(summary)

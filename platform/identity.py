@@ -2,6 +2,7 @@
 
 The identity names the run's storage folder and is an MLflow tag, so re-running the same
 experiment finds its own checkpoints and MLflow run without being told where they are.
+A change to paralab's code gives a new identity, so a run never resumes under other code.
 Keys that change where results go or how often they are printed, but not the results
 themselves, are left out of the hash.
 """
@@ -53,9 +54,29 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+@cache
+def source_hash() -> str:
+    """Hash of paralab's own Python sources, wherever they are installed from.
+
+    Unlike the git commit, it ignores changes to docs, tests and experiments, and it exists
+    for wheel installs on cluster nodes too.
+    """
+    import paralab.kernels
+    import paralab.models
+    import paralab.platform
+
+    digest = hashlib.sha256()
+    for package in (paralab.kernels, paralab.models, paralab.platform):
+        for base in package.__path__:
+            for path in sorted(Path(base).rglob("*.py")):
+                digest.update(f"{package.__name__}/{path.relative_to(base).as_posix()}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def code_version() -> str:
-    commit = git_commit()
-    return f"{package_version()}+{commit[:12]}" if commit else package_version()
+    """``<package version>+<source hash>``: part of every run's identity."""
+    return f"{package_version()}+{source_hash()}"
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:

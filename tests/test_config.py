@@ -38,7 +38,7 @@ def test_dict_round_trip():
     cfg = load_experiment(None, ["name=x", "train.betas=[0.8,0.9]"])
     again = from_dict(to_dict(cfg))
     assert again == cfg
-    assert again.train.betas == (0.8, 0.9)
+    assert again.train.betas == [0.8, 0.9]
 
 
 def test_empty_file_means_all_defaults(tmp_path):

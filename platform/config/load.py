@@ -49,7 +49,7 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+            raise ConfigError(f"overrides: {item!r} is not KEY=VALUE, e.g. train.lr=3e-4")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
@@ -76,12 +76,12 @@ def _to_objects(merged: DictConfig, source: str) -> ExperimentConfig:
 
 
 def _check_across_sections(cfg: ExperimentConfig, source: str) -> None:
-    from paralab.models.cells import available_cells  # late: keeps `validate` light to import
+    from paralab.models.registry import registered_cells  # late: keeps the schema light
 
-    if cfg.model.arch == "pararnn" and cfg.model.cell not in available_cells():
+    if cfg.model.arch == "pararnn" and cfg.model.cell not in registered_cells():
         raise ConfigError(
             f"{source}: model.cell={cfg.model.cell!r} is unknown; "
-            f"choose one of {sorted(available_cells())}"
+            f"choose one of {sorted(registered_cells())}"
         )
     if cfg.data.tokenizer == "byte" and cfg.model.vocab_size < 256:
         raise ConfigError(
@@ -107,13 +107,18 @@ def merge(base: DictConfig, *layers: tuple[str, DictConfig]) -> DictConfig:
     """Merge override layers over ``base``, naming the failing layer in the error."""
     merged = base
     for source, layer in layers:
+        for key in layer:
+            section = base.get(key) if key in base else None
+            value = layer[key]
+            if OmegaConf.is_dict(section) and not OmegaConf.is_dict(value) and value is not None:
+                raise ConfigError(
+                    f"{source}: {key}: expected a mapping of keys, got {type(value).__name__} {value!r}"
+                )
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None)
             message = _first_line(getattr(err, "msg", None) or str(err))
-            if "Merge error" in message or "is not a subclass" in message:
-                message = f"expected a mapping of keys here ({message.removeprefix('Merge error: ')})"
             where = f" {key}:" if key else ""
             raise ConfigError(f"{source}:{where} {message}") from None
     return merged

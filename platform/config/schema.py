@@ -86,7 +86,7 @@ class TrainConfig:
     """Peak learning rate of AdamW."""
     weight_decay: float = 1e-4
     """Decoupled weight decay of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW betas."""
     warmup_frac: float = 0.1
     """Fraction of `steps` spent in linear warm-up before the cosine decay to zero."""
@@ -127,6 +127,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {list(self.betas)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.z_loss < 0:

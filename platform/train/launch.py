@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from paralab.platform.config.load import to_dict, to_yaml
-from paralab.platform.config.schema import ExperimentConfig, project_dir
-from paralab.platform.identity import code_version, git_commit, run_identity
+from paralab.platform.config.schema import ExperimentConfig
+from paralab.platform.identity import code_version, git_commit, package_version, run_identity
 from paralab.platform.tracking.mlflow import Tracker, flatten
 from paralab.platform.train import checkpoint as ckpt
 
@@ -135,16 +134,17 @@ def launch(
     restart: bool = False,
     on_event: Callable[[str], None] = lambda message: None,
     on_progress: Callable[[int, dict[str, float]], None] | None = None,
+    on_data: Callable[[Any], None] | None = None,
 ) -> RunSummary:
     """Run ``cfg`` to completion (or resume it) and return where everything went."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from paralab.platform.data import prepare
-    from paralab.platform.storage import open_storage
+    from paralab.platform.storage import Storage
 
     identity = run_identity(cfg)
-    storage = open_storage(cfg.storage)
+    storage = Storage.from_config(cfg.storage)
     storage.preflight()
     root, fs = storage.ray_storage()
     if fs is None:
@@ -186,7 +186,7 @@ def launch(
     tracker.log_text(to_yaml(cfg), "config.yaml")
 
     on_event("preparing data")
-    data = prepare(cfg.data, project_dir() / ".paralab" / "data")
+    data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data).key
     init_ray(cfg)
     check_resources(cfg)
 
@@ -199,7 +199,7 @@ def launch(
                 "identity": identity,
                 "tracking_uri": tracker.uri,
                 "mlflow_run_id": tracker.run_id,
-                "data": data,
+                "data_key": data_key,
             },
         },
         scaling_config=ray.train.ScalingConfig(
@@ -263,7 +263,10 @@ def _log_model(tracker: Tracker, cfg: ExperimentConfig, checkpoint: Any) -> None
     model.load_state_dict(state)
     mlflow.set_tracking_uri(tracker.uri)
     with mlflow.start_run(run_id=tracker.run_id):
-        mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"paralab=={code_version().split('+')[0]}"])
+        mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            pip_requirements=[f"paralab=={package_version()}"],
+        )
         mlflow.log_text(to_yaml(cfg), "model/paralab-config.yaml")
     # start_run(run_id=...) ends the run on exit; the caller marks it finished.
     tracker.client.update_run(tracker.run_id, status="RUNNING")

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from paralab.models.factory import build_model
 from paralab.models.flops import training_flops_per_token
+from paralab.models.loss import lm_loss
 from paralab.platform.config.schema import ExperimentConfig
+from paralab.platform.data import PreparedData
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.optim import build_optimizer, build_scheduler
 from paralab.platform.train.parallel import device_for_worker, parallelize, unwrap
@@ -87,22 +88,16 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy, plus ``z_loss * logsumexp(logits)²`` to keep the softmax normaliser near 1."""
-    logits = logits.float()
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-    if not z_loss:
-        return ce, ce
-    z = torch.logsumexp(logits, dim=-1).pow(2).mean()
-    return ce + z_loss * z, ce
+def _losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to optimise, cross-entropy to report): the z-loss term is not part of the metric."""
+    loss, z_term = lm_loss(logits, targets, z_loss)
+    return loss, (loss - z_loss * z_term if z_loss else loss)
 
 
 class Trainer:
     """State and steps of one worker; ``run`` is the whole job."""
 
-    def __init__(self, cfg: ExperimentConfig, data: Any, hooks: Hooks):
-        from paralab.platform.data import open_batches
-
+    def __init__(self, cfg: ExperimentConfig, data: PreparedData, hooks: Hooks):
         self.cfg, self.hooks = cfg, hooks
         tc = cfg.train
         self.ctx = _context(tc.use_gpu)
@@ -113,10 +108,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.micro_batch = tc.batch_size // (self.ctx.world * tc.grad_accum)
-        self.train_data, self.val_data = open_batches(
-            data, cfg.data, micro_batch=self.micro_batch,
-            rank=self.ctx.rank, world=self.ctx.world, seed=tc.seed,
-        )
+        if data.vocab_size > cfg.model.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                f"vocabulary ({data.vocab_size})"
+            )
+        seq_len, where = cfg.data.seq_len, {"rank": self.ctx.rank, "world_size": self.ctx.world}
+        self.train_data = data.train_batches(seq_len, self.micro_batch, seed=tc.seed, **where)
+        self.val_data = lambda n: data.val_batches(n, seq_len, self.micro_batch, **where)
         self.step = 0
         self.best_val = math.inf
         self.best_step: int | None = None
@@ -171,7 +170,7 @@ class Trainer:
             inputs, targets = (t.to(self.ctx.device, non_blocking=True) for t in next(self.train_data))
             sync = micro == tc.grad_accum - 1 or not hasattr(self.model, "no_sync")
             with (contextlib.nullcontext() if sync else self.model.no_sync()), self.autocast:
-                loss, ce = lm_loss(self.model(inputs), targets, tc.z_loss)
+                loss, ce = _losses(self.model(inputs), targets, tc.z_loss)
                 (loss / tc.grad_accum).backward()
             total += ce.detach() / tc.grad_accum
         if tc.grad_clip:
@@ -196,7 +195,7 @@ class Trainer:
         for inputs, targets in batches:
             inputs, targets = inputs.to(self.ctx.device), targets.to(self.ctx.device)
             with self.autocast:
-                total += lm_loss(self.model(inputs), targets, 0.0)[1]
+                total += lm_loss(self.model(inputs), targets)[0]
         return _all_mean(total / self.cfg.train.eval_batches, self.ctx)
 
     def run(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import ray.train
 
 from paralab.platform.config.load import from_dict
+from paralab.platform.data import load_prepared
 from paralab.platform.tracking.mlflow import Tracker
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.loop import Trainer
@@ -53,7 +54,8 @@ def _maybe_inject_fault(step: int, rank: int) -> None:
 def train_fn(config: dict[str, Any]) -> None:
     cfg = from_dict(config["experiment"])
     run = config["run"]
-    trainer = Trainer(cfg, run["data"], RayHooks(run, cfg.train.keep_checkpoints))
+    data = load_prepared(cfg.data, run["data_key"], endpoint_url=cfg.storage.endpoint_url)
+    trainer = Trainer(cfg, data, RayHooks(run, cfg.train.keep_checkpoints))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

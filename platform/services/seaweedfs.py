@@ -10,12 +10,14 @@ key is rejected. Data lives in ``data_dir`` and survives restarts.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -192,8 +194,21 @@ class SeaweedFS:
         return self
 
     def _answers(self) -> bool:
+        """S3 answers signed requests, and the master knows every volume on disk.
+
+        S3 answers as soon as the filer is up, but after a restart the volume server may
+        not have reported its volumes to the master yet: reads of old objects then fail
+        with "volume 1 not found" (seen under load). A fresh server must also have its
+        volume server registered, or the first PUT finds no volume to grow into.
+        """
         self.client().list_buckets()
-        return True
+        on_disk = len(list(self.data_dir.glob("*.dat")))
+        url = f"http://{LOOPBACK}:{self.ports.master}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            topology = json.load(response)["Topology"]
+        nodes = [node for dc in topology.get("DataCenters") or []
+                 for rack in dc.get("Racks") or [] for node in rack.get("DataNodes") or []]
+        return bool(nodes) and sum(node.get("Volumes", 0) for node in nodes) >= on_disk
 
     def create_bucket(self, name: str) -> None:
         """Create a bucket unless it exists."""

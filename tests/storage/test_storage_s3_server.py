@@ -53,3 +53,4 @@ def test_data_survives_restart(tmp_path, seaweedfs):
         assert server.pid != first_pid
         assert Storage.from_config(config).read_bytes("ckpt/model.pt") == b"step 7"
 
+

@@ -17,9 +17,9 @@ from paralab.platform.services import stack_down, stack_status, stack_up
 from paralab.platform.services.process import pid_alive
 from paralab.platform.storage import Storage
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
-
+@pytest.mark.s3
+@pytest.mark.slow
 def test_stack_up_status_down(tmp_path, monkeypatch):
     before = stack_status(tmp_path)
     assert not before.running and before.env() == {}
@@ -80,3 +80,36 @@ def log_run_with_artifact(tracking_uri: str, tmp_path) -> tuple[str, str]:
     assert client.get_metric_history(run.info.run_id, "loss")[0].value == 1.5
     key = f"mlflow/{experiment_id}/{run.info.run_id}/artifacts/outputs/notes.txt"
     return run.info.run_id, key
+
+
+def test_stale_state_never_signals_a_stranger(tmp_path):
+    """After a reboot the recorded pids may belong to other processes: leave them alone."""
+    import json
+    import os
+
+    root = tmp_path / ".paralab" / "stack"
+    root.mkdir(parents=True)
+    me = os.getpid()  # alive, but not a weed or mlflow process of this stack
+    (root / "state.json").write_text(json.dumps({
+        "version": 1, "bucket": "paralab", "access_key": "a", "secret_key": "s",
+        "seaweedfs": {"pid": me, "url": "http://127.0.0.1:9",
+                      "ports": {"s3": 1, "master": 2, "volume": 3, "filer": 4, "admin": 5}},
+        "mlflow": {"pid": me, "port": 9, "url": "http://127.0.0.1:9"},
+    }))
+    status = stack_status(tmp_path)
+    assert not status.seaweedfs.alive and not status.mlflow.alive
+    down = stack_down(tmp_path)  # would SIGTERM this very test if it trusted the pids
+    assert pid_alive(me)
+    assert (down.seaweedfs.pid, down.mlflow.pid) == (None, None)
+
+
+def test_weed_comes_from_the_wheel_unless_overridden(monkeypatch, tmp_path):
+    import os
+
+    from paralab.platform.services import find_weed
+
+    monkeypatch.delenv("PARALAB_WEED", raising=False)
+    path = find_weed()
+    assert os.access(path, os.X_OK) and os.path.basename(path) == "weed"
+    monkeypatch.setenv("PARALAB_WEED", str(tmp_path / "my-weed"))
+    assert find_weed() == str(tmp_path / "my-weed")

@@ -71,6 +71,66 @@ LOG2_BT_MAX = tl.constexpr(7)  # tiles hold at most 128 rows
 
 
 @triton.jit
+def diag_tile_scan(b_a, b_b, BT: tl.constexpr, USE_ASSOC: tl.constexpr):
+    """Inclusive scan down the rows of a [BT, BN] tile of diagonal elements (a, b): row i
+    becomes the composite of rows 0..i."""
+    if USE_ASSOC:
+        b_a, b_b = tl.associative_scan((b_a, b_b), 0, _combine_diag)
+    else:
+        # Hillis–Steele doubling, rows shifted by a one-hot contraction: only elementwise
+        # ops and sums, which the interpreter runs as whole numpy arrays.
+        o_i = tl.arange(0, BT)
+        for k in tl.static_range(LOG2_BT_MAX):
+            if (1 << k) < BT:
+                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
+                b_a_prev = tl.sum(tl.where(m_sel, b_a[None, :, :], 0.0), axis=1)
+                b_b_prev = tl.sum(tl.where(m_sel, b_b[None, :, :], 0.0), axis=1)
+                m_has = (o_i >= (1 << k))[:, None]
+                b_b = tl.where(m_has, b_a * b_b_prev + b_b, b_b)
+                b_a = tl.where(m_has, b_a * b_a_prev, b_a)
+    return b_a, b_b
+
+
+@triton.jit
+def block_tile_scan(
+    b_a00, b_a01, b_a10, b_a11, b_b0, b_b1, BT: tl.constexpr, USE_ASSOC: tl.constexpr
+):
+    """Inclusive scan down the rows of [BT, BN] tiles of 2×2-block elements (a, b)."""
+    if USE_ASSOC:
+        b_a00, b_a01, b_a10, b_a11, b_b0, b_b1 = tl.associative_scan(
+            (b_a00, b_a01, b_a10, b_a11, b_b0, b_b1), 0, _combine_block
+        )
+    else:
+        o_i = tl.arange(0, BT)
+        for k in tl.static_range(LOG2_BT_MAX):
+            if (1 << k) < BT:
+                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
+                x00 = tl.sum(tl.where(m_sel, b_a00[None, :, :], 0.0), axis=1)
+                x01 = tl.sum(tl.where(m_sel, b_a01[None, :, :], 0.0), axis=1)
+                x10 = tl.sum(tl.where(m_sel, b_a10[None, :, :], 0.0), axis=1)
+                x11 = tl.sum(tl.where(m_sel, b_a11[None, :, :], 0.0), axis=1)
+                x0 = tl.sum(tl.where(m_sel, b_b0[None, :, :], 0.0), axis=1)
+                x1 = tl.sum(tl.where(m_sel, b_b1[None, :, :], 0.0), axis=1)
+                m_has = (o_i >= (1 << k))[:, None]
+                c00, c01, c10, c11, c0, c1 = _combine_block(
+                    x00, x01, x10, x11, x0, x1, b_a00, b_a01, b_a10, b_a11, b_b0, b_b1
+                )
+                b_a00 = tl.where(m_has, c00, b_a00)
+                b_a01 = tl.where(m_has, c01, b_a01)
+                b_a10 = tl.where(m_has, c10, b_a10)
+                b_a11 = tl.where(m_has, c11, b_a11)
+                b_b0 = tl.where(m_has, c0, b_b0)
+                b_b1 = tl.where(m_has, c1, b_b1)
+    return b_a00, b_a01, b_a10, b_a11, b_b0, b_b1
+
+
+@triton.jit
+def last_row(x, BT: tl.constexpr):
+    """Row BT - 1 of a [BT, BN] tile, as a [BN] vector."""
+    return tl.sum(tl.where((tl.arange(0, BT) == BT - 1)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
 def _diag_tile(
     a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
@@ -90,20 +150,7 @@ def _diag_tile(
     b_a = tl.where(m_s[:, None], b_a, 1.0)
     p_b = b + base + o_t[:, None] * N + o_n[None, :]
     b_b = tl.load(p_b, mask=m_s[:, None] & m_n[None, :], other=0.0).to(tl.float32)
-    # In-tile inclusive scan: row i becomes the composite of rows 0..i.
-    if USE_ASSOC:
-        b_a, b_b = tl.associative_scan((b_a, b_b), 0, _combine_diag)
-    else:
-        # Hillis–Steele doubling, rows shifted by a one-hot contraction: only elementwise
-        # ops and sums, which the interpreter runs as whole numpy arrays.
-        for k in tl.static_range(LOG2_BT_MAX):
-            if (1 << k) < BT:
-                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
-                b_a_prev = tl.sum(tl.where(m_sel, b_a[None, :, :], 0.0), axis=1)
-                b_b_prev = tl.sum(tl.where(m_sel, b_b[None, :, :], 0.0), axis=1)
-                m_has = (o_i >= (1 << k))[:, None]
-                b_b = tl.where(m_has, b_a * b_b_prev + b_b, b_b)
-                b_a = tl.where(m_has, b_a * b_a_prev, b_a)
+    b_a, b_b = diag_tile_scan(b_a, b_b, BT, USE_ASSOC)
     b_hs = b_a * b_h[None, :] + b_b
     if STORE_H:
         p_h = h + base + o_t[:, None] * N + o_n[None, :]
@@ -142,31 +189,9 @@ def _block_tile(
     m_b = m_s & m_n[None, :]
     b_b0 = tl.load(b + o_b + 0, mask=m_b, other=0.0).to(tl.float32)
     b_b1 = tl.load(b + o_b + 1, mask=m_b, other=0.0).to(tl.float32)
-    # In-tile inclusive scan: row i becomes the composite of rows 0..i.
-    if USE_ASSOC:
-        b_a00, b_a01, b_a10, b_a11, b_b0, b_b1 = tl.associative_scan(
-            (b_a00, b_a01, b_a10, b_a11, b_b0, b_b1), 0, _combine_block
-        )
-    else:
-        for k in tl.static_range(LOG2_BT_MAX):
-            if (1 << k) < BT:
-                m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
-                x00 = tl.sum(tl.where(m_sel, b_a00[None, :, :], 0.0), axis=1)
-                x01 = tl.sum(tl.where(m_sel, b_a01[None, :, :], 0.0), axis=1)
-                x10 = tl.sum(tl.where(m_sel, b_a10[None, :, :], 0.0), axis=1)
-                x11 = tl.sum(tl.where(m_sel, b_a11[None, :, :], 0.0), axis=1)
-                x0 = tl.sum(tl.where(m_sel, b_b0[None, :, :], 0.0), axis=1)
-                x1 = tl.sum(tl.where(m_sel, b_b1[None, :, :], 0.0), axis=1)
-                m_has = (o_i >= (1 << k))[:, None]
-                c00, c01, c10, c11, c0, c1 = _combine_block(
-                    x00, x01, x10, x11, x0, x1, b_a00, b_a01, b_a10, b_a11, b_b0, b_b1
-                )
-                b_a00 = tl.where(m_has, c00, b_a00)
-                b_a01 = tl.where(m_has, c01, b_a01)
-                b_a10 = tl.where(m_has, c10, b_a10)
-                b_a11 = tl.where(m_has, c11, b_a11)
-                b_b0 = tl.where(m_has, c0, b_b0)
-                b_b1 = tl.where(m_has, c1, b_b1)
+    b_a00, b_a01, b_a10, b_a11, b_b0, b_b1 = block_tile_scan(
+        b_a00, b_a01, b_a10, b_a11, b_b0, b_b1, BT, USE_ASSOC
+    )
     b_hs0 = b_a00 * b_h0[None, :] + b_a01 * b_h1[None, :] + b_b0
     b_hs1 = b_a10 * b_h0[None, :] + b_a11 * b_h1[None, :] + b_b1
     if STORE_H:

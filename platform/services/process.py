@@ -162,4 +162,8 @@ def terminate(pid: int, *, timeout: float, proc: subprocess.Popen | None = None)
     signal_group(signal.SIGKILL)
     if proc is not None:
         proc.wait(timeout=10)
+    else:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return False

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -71,6 +72,20 @@ class SeaweedPorts:
     def pick(cls) -> SeaweedPorts:
         """Five free ports whose +10000 gRPC twins are free too."""
         return cls(*free_ports(5, with_grpc=True))
+
+    def remove_sockets(self) -> None:
+        """Delete the unix sockets ``weed`` leaves in the temp dir after it exits.
+
+        It names them by port (``seaweedfs-s3-grpc-28333.sock``) and leaves some behind
+        even after a clean exit; call this only once the process is gone.
+        """
+        from paralab.platform.services.process import GRPC_OFFSET
+
+        tmp = Path(tempfile.gettempdir())
+        for port in asdict(self).values():
+            for number in (port, port + GRPC_OFFSET):
+                for sock in tmp.glob(f"seaweedfs-*-{number}.sock"):
+                    sock.unlink(missing_ok=True)
 
     def all_free(self) -> bool:
         """Whether every port and its gRPC twin can be bound now."""
@@ -226,6 +241,8 @@ class SeaweedFS:
             return
         terminate(self.proc.pid, timeout=timeout, proc=self.proc)
         self.proc = None
+        if self.ports is not None:
+            self.ports.remove_sockets()
 
     def __enter__(self) -> SeaweedFS:
         return self.start()

@@ -165,6 +165,8 @@ def stack_down(project_dir: str | os.PathLike | None = None) -> StackStatus:
         pid = service.get("pid")
         if pid and pid_matches(pid, _needle(root, name)):
             terminate(pid, timeout=STOP_TIMEOUT_S)
+            if name == "seaweedfs":
+                SeaweedPorts(**service["ports"]).remove_sockets()
         if service:
             service["pid"] = None
     if state:

@@ -1,0 +1,408 @@
+"""Fused Newton kernels for ParaLSTM (2×2-block Jacobian), forward and adjoint backward.
+
+Cell (rows of A and p: f, o, c̃; rows of C: f, o), state s = (c, h):
+
+    f = σ(A_f h + p_f + C_f c),  c̃ = tanh(A_c h + p_c),  c' = f c + (1 − f) c̃,
+    o = σ(A_o h + p_o + C_o c'),  h' = o tanh(c')
+
+As for ParaGRU (:mod:`.gru_triton`), each Newton iteration is one chunked scan whose
+elements, the 2×2 Jacobian J_t = ∂(c', h')/∂(c, h) at (p_t, s_{t-1}) and the residual
+r_t = f(p_t, s_{t-1}) − s_t, are computed in registers; the iterate is kept as two fp32
+[B, T, N] planes, c and h.  The backward pass solves λ_t = g_t + J_{t+1}ᵀ λ_{t+1} and applies
+the cell's VJP at (p_t, s_{t-1}) in the same pass: grad_p per step, grad_A and grad_C
+accumulated per program, grad_c0 and grad_h0 from the t = 0 row.
+:func:`paralab.kernels.newton.reference.newton_lstm_reference` is the same computation in
+PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from paralab.kernels.newton.cells import lstm_cell
+from paralab.kernels.newton.common import launch_chunked, load_gates, newton_launch_config, tanh
+from paralab.kernels.scan.triton import block_tile_scan, last_row
+
+
+@triton.jit
+def _lstm_cell_jac(b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_c, b_h):
+    """(c', h', J00, J01, J10, J11) for tiles; mirrors cells.lstm_cell_jacobian."""
+    b_f = tl.sigmoid(b_af * b_h + b_pf + b_cf * b_c)
+    b_ct = tanh(b_ac * b_h + b_pc)
+    b_cn = b_f * b_c + (1.0 - b_f) * b_ct
+    b_o = tl.sigmoid(b_ao * b_h + b_po + b_co * b_cn)
+    b_tc = tanh(b_cn)
+    b_sf = b_f * (1.0 - b_f)
+    b_so = b_o * (1.0 - b_o)
+    b_dcc = b_f + (b_c - b_ct) * b_sf * b_cf
+    b_dch = (b_c - b_ct) * b_sf * b_af + (1.0 - b_f) * (1.0 - b_ct * b_ct) * b_ac
+    b_dtc = b_o * (1.0 - b_tc * b_tc)
+    b_dhc = b_so * b_co * b_dcc * b_tc + b_dtc * b_dcc
+    b_dhh = b_so * (b_ao + b_co * b_dch) * b_tc + b_dtc * b_dch
+    return b_cn, b_o * b_tc, b_dcc, b_dch, b_dhc, b_dhh
+
+
+@triton.jit
+def _lstm_cell_vjp(b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_c, b_h, b_lc, b_lh):
+    """Cotangent (λ_c, λ_h) pulled back to the gate pre-activations (f, o, c̃), the per-step
+    C terms (f, o), and the previous state (c, h); mirrors cells.lstm_cell_vjp.  The per-step
+    A terms are the gate cotangents times h."""
+    b_f = tl.sigmoid(b_af * b_h + b_pf + b_cf * b_c)
+    b_ct = tanh(b_ac * b_h + b_pc)
+    b_cn = b_f * b_c + (1.0 - b_f) * b_ct
+    b_o = tl.sigmoid(b_ao * b_h + b_po + b_co * b_cn)
+    b_tc = tanh(b_cn)
+    b_go = b_lh * b_tc * b_o * (1.0 - b_o)
+    b_mu = b_lc + b_lh * b_o * (1.0 - b_tc * b_tc) + b_go * b_co
+    b_gf = b_mu * (b_c - b_ct) * b_f * (1.0 - b_f)
+    b_gc = b_mu * (1.0 - b_f) * (1.0 - b_ct * b_ct)
+    b_gsc = b_mu * b_f + b_gf * b_cf
+    b_gsh = b_gf * b_af + b_go * b_ao + b_gc * b_ac
+    return b_gf, b_go, b_gc, b_gf * b_c, b_go * b_cn, b_gsc, b_gsh
+
+
+@triton.jit
+def _load_weights(A, C, o_n, m_n, N):
+    b_af = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_ao = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_cf = tl.load(C + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_co = tl.load(C + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    return b_af, b_ao, b_ac, b_cf, b_co
+
+
+@triton.jit
+def _lstm_newton_fwd_kernel(
+    p, A, C, c0, h0, c_in, h_in, c_out, h_out, res,
+    chunk_a, chunk_b, carry, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
+    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_S0: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G, NB = tl.num_programs(0), tl.num_programs(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    base3 = base * 3
+    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
+    if HAS_S0:
+        b_c0 = tl.load(c0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_c0 = tl.zeros([BN], dtype=tl.float32)
+        b_h0 = tl.zeros([BN], dtype=tl.float32)
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    if HAS_CARRY:
+        b_d0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
+        b_d1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
+    else:
+        b_d0 = tl.zeros([BN], dtype=tl.float32)
+        b_d1 = tl.zeros([BN], dtype=tl.float32)
+    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_p01 = tl.zeros([BN], dtype=tl.float32)
+    b_p10 = tl.zeros([BN], dtype=tl.float32)
+    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_res = tl.zeros([BN], dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        o_t = s0 + tl.arange(0, BT)
+        m_t = o_t < T
+        m = m_t[:, None] & m_n[None, :]
+        m_prev = m & (o_t >= 1)[:, None]
+        b_pf, b_po, b_pc = load_gates(p, base3, o_t, o_n, m, N)
+        # The current iterate at t and t - 1.
+        if FIRST:
+            b_zero = tl.zeros([BT, BN], dtype=tl.float32)
+            b_c, b_h, _, _, _, _ = _lstm_cell_jac(
+                b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_zero, b_zero
+            )
+            q_f, q_o, q_c = load_gates(p, base3, o_t - 1, o_n, m_prev, N)
+            b_cp, b_hp, _, _, _, _ = _lstm_cell_jac(
+                q_f, q_o, q_c, b_af, b_ao, b_ac, b_cf, b_co, b_zero, b_zero
+            )
+        else:
+            o_s = base + o_t[:, None] * N + o_n[None, :]
+            b_c = tl.load(c_in + o_s, mask=m, other=0.0)
+            b_h = tl.load(h_in + o_s, mask=m, other=0.0)
+            b_cp = tl.load(c_in + o_s - N, mask=m_prev, other=0.0)
+            b_hp = tl.load(h_in + o_s - N, mask=m_prev, other=0.0)
+        m_0 = (o_t == 0)[:, None]
+        b_cp = tl.where(m_0, b_c0[None, :], b_cp)
+        b_hp = tl.where(m_0, b_h0[None, :], b_hp)
+        b_fc, b_fh, b_j00, b_j01, b_j10, b_j11 = _lstm_cell_jac(
+            b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_cp, b_hp
+        )
+        b_rc = tl.where(m, b_fc - b_c, 0.0)
+        b_rh = tl.where(m, b_fh - b_h, 0.0)
+        # Rows past the end: identity.
+        m_tt = m_t[:, None]
+        b_j00 = tl.where(m_tt, b_j00, 1.0)
+        b_j01 = tl.where(m_tt, b_j01, 0.0)
+        b_j10 = tl.where(m_tt, b_j10, 0.0)
+        b_j11 = tl.where(m_tt, b_j11, 1.0)
+        b_a00, b_a01, b_a10, b_a11, b_s0, b_s1 = block_tile_scan(
+            b_j00, b_j01, b_j10, b_j11, b_rc, b_rh, BT, USE_ASSOC
+        )
+        b_ds0 = b_a00 * b_d0[None, :] + b_a01 * b_d1[None, :] + b_s0
+        b_ds1 = b_a10 * b_d0[None, :] + b_a11 * b_d1[None, :] + b_s1
+        if STAGE == 1:
+            o_s = base + o_t[:, None] * N + o_n[None, :]
+            tl.store(c_out + o_s, b_c + b_ds0, mask=m)
+            tl.store(h_out + o_s, b_h + b_ds1, mask=m)
+            b_res = tl.maximum(b_res, tl.max(tl.maximum(tl.abs(b_rc), tl.abs(b_rh)), axis=0))
+        b_d0 = last_row(b_ds0, BT)
+        b_d1 = last_row(b_ds1, BT)
+        l00 = last_row(b_a00, BT)
+        l01 = last_row(b_a01, BT)
+        l10 = last_row(b_a10, BT)
+        l11 = last_row(b_a11, BT)
+        b_p00, b_p01, b_p10, b_p11 = (
+            l00 * b_p00 + l01 * b_p10,
+            l00 * b_p01 + l01 * b_p11,
+            l10 * b_p00 + l11 * b_p10,
+            l10 * b_p01 + l11 * b_p11,
+        )
+    if STAGE == 0:
+        tl.store(chunk_a + o_c * 4, b_p00, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
+        tl.store(chunk_b + o_c * 2, b_d0, mask=m_n)
+        tl.store(chunk_b + o_c * 2 + 1, b_d1, mask=m_n)
+    else:
+        tl.store(res + (i_b * G + i_g) * NB + i_n, tl.max(b_res, axis=0))
+
+
+@triton.jit
+def _lstm_newton_bwd_kernel(
+    p, A, C, c0, h0, c, h, g_c, g_h, grad_p, grad_w_part, grad_c0, grad_h0,
+    chunk_a, chunk_b, carry, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
+    USE_ASSOC: tl.constexpr, HAS_S0: tl.constexpr, HAS_GC: tl.constexpr,
+):  # fmt: skip
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G = tl.num_programs(0)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    base3 = base * 3
+    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
+    if HAS_S0:
+        b_c0 = tl.load(c0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_c0 = tl.zeros([BN], dtype=tl.float32)
+        b_h0 = tl.zeros([BN], dtype=tl.float32)
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    if HAS_CARRY:
+        b_l0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
+        b_l1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
+    else:
+        b_l0 = tl.zeros([BN], dtype=tl.float32)
+        b_l1 = tl.zeros([BN], dtype=tl.float32)
+    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_p01 = tl.zeros([BN], dtype=tl.float32)
+    b_p10 = tl.zeros([BN], dtype=tl.float32)
+    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_waf = tl.zeros([BN], dtype=tl.float32)
+    b_wao = tl.zeros([BN], dtype=tl.float32)
+    b_wac = tl.zeros([BN], dtype=tl.float32)
+    b_wcf = tl.zeros([BN], dtype=tl.float32)
+    b_wco = tl.zeros([BN], dtype=tl.float32)
+    s_begin = i_g * ROWS
+    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+        o_s = s0 + tl.arange(0, BT)
+        o_t = T - 1 - o_s  # scan runs backwards in time
+        m_t = o_s < T
+        m = m_t[:, None] & m_n[None, :]
+        m_next = m & (o_t + 1 < T)[:, None]
+        o_x = base + o_t[:, None] * N + o_n[None, :]
+        # Coefficient J_{t+1}ᵀ, at (p_{t+1}, s_t); zero past the end of the sequence.
+        b_c = tl.load(c + o_x, mask=m, other=0.0)
+        b_h = tl.load(h + o_x, mask=m, other=0.0)
+        q_f, q_o, q_c = load_gates(p, base3, o_t + 1, o_n, m_next, N)
+        _, _, b_j00, b_j01, b_j10, b_j11 = _lstm_cell_jac(
+            q_f, q_o, q_c, b_af, b_ao, b_ac, b_cf, b_co, b_c, b_h
+        )
+        m_tt = m_t[:, None]
+        b_j00 = tl.where(m_next, b_j00, tl.where(m_tt, 0.0, 1.0))
+        b_j11 = tl.where(m_next, b_j11, tl.where(m_tt, 0.0, 1.0))
+        b_j01 = tl.where(m_next, b_j01, 0.0)
+        b_j10 = tl.where(m_next, b_j10, 0.0)
+        b_gh = tl.load(g_h + o_x, mask=m, other=0.0).to(tl.float32)
+        if HAS_GC:
+            b_gc = tl.load(g_c + o_x, mask=m, other=0.0).to(tl.float32)
+        else:
+            b_gc = tl.zeros([BT, BN], dtype=tl.float32)
+        # Transposed coefficient: (a01, a10) = (J10, J01).
+        b_a00, b_a01, b_a10, b_a11, b_s0, b_s1 = block_tile_scan(
+            b_j00, b_j10, b_j01, b_j11, b_gc, b_gh, BT, USE_ASSOC
+        )
+        b_ls0 = b_a00 * b_l0[None, :] + b_a01 * b_l1[None, :] + b_s0
+        b_ls1 = b_a10 * b_l0[None, :] + b_a11 * b_l1[None, :] + b_s1
+        if STAGE == 1:
+            # VJP of the step at (p_t, s_{t-1}) with cotangent λ_t.
+            b_pf, b_po, b_pc = load_gates(p, base3, o_t, o_n, m, N)
+            m_prev = m & (o_t >= 1)[:, None]
+            m_0 = (o_t == 0)[:, None]
+            b_cp = tl.where(m_0, b_c0[None, :], tl.load(c + o_x - N, mask=m_prev, other=0.0))
+            b_hp = tl.where(m_0, b_h0[None, :], tl.load(h + o_x - N, mask=m_prev, other=0.0))
+            b_gf, b_go, b_gcc, b_tcf, b_tco, b_gsc, b_gsh = _lstm_cell_vjp(
+                b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_cp, b_hp, b_ls0, b_ls1
+            )
+            p_gp = grad_p + base3 + o_t[:, None] * (3 * N) + o_n[None, :]
+            tl.store(p_gp, b_gf.to(grad_p.dtype.element_ty), mask=m)
+            tl.store(p_gp + N, b_go.to(grad_p.dtype.element_ty), mask=m)
+            tl.store(p_gp + 2 * N, b_gcc.to(grad_p.dtype.element_ty), mask=m)
+            b_waf += tl.sum(tl.where(m, b_gf * b_hp, 0.0), axis=0)
+            b_wao += tl.sum(tl.where(m, b_go * b_hp, 0.0), axis=0)
+            b_wac += tl.sum(tl.where(m, b_gcc * b_hp, 0.0), axis=0)
+            b_wcf += tl.sum(tl.where(m, b_tcf, 0.0), axis=0)
+            b_wco += tl.sum(tl.where(m, b_tco, 0.0), axis=0)
+            if HAS_S0:
+                m_first = m & m_0
+                o_0 = i_b.to(tl.int64) * N + o_n[None, :] + 0 * o_t[:, None]
+                tl.store(grad_c0 + o_0, b_gsc, mask=m_first)
+                tl.store(grad_h0 + o_0, b_gsh, mask=m_first)
+        b_l0 = last_row(b_ls0, BT)
+        b_l1 = last_row(b_ls1, BT)
+        l00 = last_row(b_a00, BT)
+        l01 = last_row(b_a01, BT)
+        l10 = last_row(b_a10, BT)
+        l11 = last_row(b_a11, BT)
+        b_p00, b_p01, b_p10, b_p11 = (
+            l00 * b_p00 + l01 * b_p10,
+            l00 * b_p01 + l01 * b_p11,
+            l10 * b_p00 + l11 * b_p10,
+            l10 * b_p01 + l11 * b_p11,
+        )
+    if STAGE == 0:
+        tl.store(chunk_a + o_c * 4, b_p00, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
+        tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
+        tl.store(chunk_b + o_c * 2, b_l0, mask=m_n)
+        tl.store(chunk_b + o_c * 2 + 1, b_l1, mask=m_n)
+    else:
+        o_w = (i_b.to(tl.int64) * G + i_g) * 5 * N + o_n
+        tl.store(grad_w_part + o_w, b_waf, mask=m_n)
+        tl.store(grad_w_part + o_w + N, b_wao, mask=m_n)
+        tl.store(grad_w_part + o_w + 2 * N, b_wac, mask=m_n)
+        tl.store(grad_w_part + o_w + 3 * N, b_wcf, mask=m_n)
+        tl.store(grad_w_part + o_w + 4 * N, b_wco, mask=m_n)
+
+
+class NewtonLSTMFn(torch.autograd.Function):
+    """Fused ParaLSTM Newton solve returning (h, c, residuals); backward is the fused adjoint."""
+
+    @staticmethod
+    def forward(ctx, p, A, C, h0, c0, newton_iters, chunk_size, use_associative_scan):
+        p = p.contiguous()
+        B, T, _, N = p.shape
+        A32, C32 = A.float().contiguous(), C.float().contiguous()
+        has_s0 = h0 is not None or c0 is not None
+        zeros = p.new_zeros((B, N), dtype=torch.float32)
+        c0_32 = (zeros if c0 is None else c0.float()).contiguous() if has_s0 else None
+        h0_32 = (zeros if h0 is None else h0.float()).contiguous() if has_s0 else None
+        cfg = newton_launch_config(p, chunk_size, use_associative_scan)
+        residuals = []
+        if newton_iters == 0 or T == 0:
+            s = lstm_cell(p.float(), A32, C32, p.new_zeros((B, T, N, 2), dtype=torch.float32))
+            c, h = s[..., 0].contiguous(), s[..., 1].contiguous()
+        else:
+            bufs = [
+                torch.empty((2, B, T, N), device=p.device, dtype=torch.float32) for _ in range(2)
+            ]
+            s0_args = (c0_32, h0_32) if has_s0 else (p, p)
+            for k in range(newton_iters):
+                s_in, s_out = bufs[k % 2], bufs[(k + 1) % 2]
+                res = torch.empty(
+                    (B, cfg["G"], cfg["n_blocks"]), device=p.device, dtype=torch.float32
+                )
+                launch_chunked(
+                    _lstm_newton_fwd_kernel,
+                    (p, A32, C32, *s0_args, s_in[0], s_in[1], s_out[0], s_out[1], res),
+                    B, T, N, True, cfg, FIRST=k == 0, HAS_S0=has_s0,
+                )  # fmt: skip
+                residuals.append(res.amax())
+            c, h = bufs[newton_iters % 2]
+        ctx.save_for_backward(p, A32, C32, c0_32, h0_32, c, h)
+        ctx.cfg, ctx.dtypes = cfg, (A.dtype, C.dtype)
+        ctx.s0_dtypes = (None if h0 is None else h0.dtype, None if c0 is None else c0.dtype)
+        res = torch.stack(residuals) if residuals else p.new_zeros(0, dtype=torch.float32)
+        ctx.mark_non_differentiable(res)
+        return h.to(p.dtype), c.to(p.dtype), res
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h, grad_c, _grad_res):
+        p, A32, C32, c0_32, h0_32, c, h = ctx.saved_tensors
+        B, T, _, N = p.shape
+        cfg = ctx.cfg
+        has_s0 = h0_32 is not None
+        grad_h = torch.zeros_like(h) if grad_h is None else grad_h.contiguous()
+        grad_p = torch.empty_like(p)
+        grad_w_part = torch.empty((B, cfg["G"], 5, N), device=p.device, dtype=torch.float32)
+        grad_c0 = torch.empty_like(c0_32) if has_s0 else None
+        grad_h0 = torch.empty_like(h0_32) if has_s0 else None
+        if T > 0:
+            launch_chunked(
+                _lstm_newton_bwd_kernel,
+                (p, A32, C32, *((c0_32, h0_32) if has_s0 else (p, p)), c, h,
+                 p if grad_c is None else grad_c.contiguous(), grad_h, grad_p, grad_w_part,
+                 *((grad_c0, grad_h0) if has_s0 else (p, p))),
+                B, T, N, True, cfg, HAS_S0=has_s0, HAS_GC=grad_c is not None,
+            )  # fmt: skip
+        grad_w = grad_w_part.sum(dim=(0, 1))
+        grad_A, grad_C = grad_w[:3].to(ctx.dtypes[0]), grad_w[3:].to(ctx.dtypes[1])
+        h0_dtype, c0_dtype = ctx.s0_dtypes
+        grad_h0 = None if h0_dtype is None else grad_h0.to(h0_dtype)
+        grad_c0 = None if c0_dtype is None else grad_c0.to(c0_dtype)
+        return grad_p, grad_A, grad_C, grad_h0, grad_c0, None, None, None
+
+
+def newton_lstm_fused(
+    p: torch.Tensor,
+    A: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    newton_iters: int = 3,
+    return_residuals: bool = False,
+    return_cell: bool = False,
+    chunk_size: int | None = None,
+    use_associative_scan: bool | None = None,
+):
+    """ParaLSTM by Newton's method with fused Triton kernels.
+
+    Args:
+        p: pre-activations ``[B, T, 3, N]``, gate rows (f, o, c̃); fp32, bf16 or fp16.
+        A: diagonal recurrent weights ``[3, N]``; C: peepholes ``[2, N]``, rows (f, o).
+        h0, c0: initial hidden and cell states ``[B, N]``; zeros when None.
+        newton_iters: fixed number of Newton iterations (each one fused scan).
+        return_residuals: also return the fp32 ``[newton_iters]`` tensor of
+            max |f(p_t, s^k_{t-1}) − s^k_t| (over c and h) for the iterate entering
+            iteration k.
+        return_cell: also return the cell states c ``[B, T, N]``.
+        chunk_size: time steps per program group; None picks one from the device.
+        use_associative_scan: in-tile scan algorithm; None means on GPU only.
+
+    Returns:
+        h ``[B, T, N]`` in p's dtype, then c if ``return_cell``, then the residuals if
+        ``return_residuals``; a bare tensor when neither flag is set.  Gradients flow to p,
+        A, C, h0 and c0 through the fused adjoint pass.
+    """
+    B, N = p.shape[0], p.shape[-1]
+    if p.dim() != 4 or p.shape[2] != 3 or A.shape != (3, N) or C.shape != (2, N):
+        raise ValueError(
+            f"expected p [B, T, 3, N], A [3, N], C [2, N]; got {tuple(p.shape)}, "
+            f"{tuple(A.shape)}, {tuple(C.shape)}"
+        )
+    for name, x in (("h0", h0), ("c0", c0)):
+        if x is not None and x.shape != (B, N):
+            raise ValueError(f"{name} must have shape {(B, N)}, got {tuple(x.shape)}")
+    h, c, res = NewtonLSTMFn.apply(p, A, C, h0, c0, newton_iters, chunk_size, use_associative_scan)
+    out = (h,) + ((c,) if return_cell else ()) + ((res,) if return_residuals else ())
+    return out[0] if len(out) == 1 else out

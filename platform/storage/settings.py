@@ -71,7 +71,10 @@ def resolve_location(config: StorageConfig | None = None) -> Location:
     elif os.environ.get("PARALAB_STORAGE"):
         raw = os.environ["PARALAB_STORAGE"]
         source = f"env PARALAB_STORAGE={raw!r}"
-        StorageConfig(uri=raw)  # the same checks as the config key, for the same message
+        try:
+            StorageConfig(uri=raw)  # the same checks as the config key
+        except ValueError as err:
+            raise StorageError(f"env PARALAB_STORAGE: {err}") from None
     else:
         path = project_dir() / ".paralab" / "storage"
         return Location("local", path, "", "", f"default {path}")

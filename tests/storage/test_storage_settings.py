@@ -45,7 +45,7 @@ def test_env_overrides_default_and_config_overrides_env(monkeypatch, tmp_path):
 
 def test_bad_env_uri_is_rejected_like_the_key(monkeypatch):
     monkeypatch.setenv("PARALAB_STORAGE", "gs://bucket/x")
-    with pytest.raises(ValueError, match="gs://bucket/x"):
+    with pytest.raises(StorageError, match="PARALAB_STORAGE.*gs://bucket/x"):
         resolve_location()
 
 

@@ -8,18 +8,27 @@
 See ``docs/storage.md`` for pointing paralab at AWS, MinIO or SeaweedFS.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from paralab.platform.storage.backends import LocalStorage, S3Storage, Storage, join
 from paralab.platform.storage.errors import StorageError
 from paralab.platform.storage.settings import Location, S3Settings, resolve_location, s3_client
 
+if TYPE_CHECKING:
+    import pyarrow.fs
 
-def ray_storage(config=None):
+    from paralab.platform.config.schema import StorageConfig
+
+
+def ray_storage(config: StorageConfig | None = None) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``; see
     :meth:`Storage.ray_storage`. ``config`` is a ``StorageConfig`` (None: env and defaults)."""
     return Storage.from_config(config).ray_storage()
 
 
-def preflight(config=None, *, create_bucket: bool = False) -> Storage:
+def preflight(config: StorageConfig | None = None, *, create_bucket: bool = False) -> Storage:
     """Check the configured storage (see :meth:`Storage.preflight`) and return it."""
     storage = Storage.from_config(config)
     storage.preflight(create_bucket=create_bucket)

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -29,6 +30,9 @@ from paralab.platform.storage.errors import (
     no_credentials_message,
 )
 from paralab.platform.storage.settings import Location, S3Settings, resolve_location
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 TRANSFER_THREADS = 8
 """Files moved at once by ``upload_dir``/``download_dir`` on S3."""
@@ -85,7 +89,7 @@ class Storage(ABC):
         """The same storage rooted at a sub-key (e.g. one run's checkpoint prefix)."""
 
     @abstractmethod
-    def ray_storage(self):
+    def ray_storage(self) -> tuple[str, pyarrow.fs.FileSystem | None]:
         """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``.
 
         S3: ``("bucket/prefix", pyarrow.fs.S3FileSystem(...))``, the filesystem carrying
@@ -309,7 +313,7 @@ class S3Storage(Storage):
         loc = Location("s3", None, self.bucket, prefix, self.location.source)
         return S3Storage(loc, self.settings)
 
-    def ray_storage(self):
+    def ray_storage(self) -> tuple[str, pyarrow.fs.S3FileSystem]:
         return f"{self.bucket}/{self.prefix}".rstrip("/"), self.settings.pyarrow_fs()
 
     def preflight(self, *, create_bucket: bool = False) -> None:

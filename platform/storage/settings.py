@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import boto3
@@ -27,6 +28,9 @@ from botocore.config import Config as BotoConfig
 
 from paralab.platform.config.schema import StorageConfig, project_dir
 from paralab.platform.storage.errors import StorageError
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 DEFAULT_REGION = "us-east-1"
 # Credentials that boto3 read from a static place can be handed to pyarrow as-is. Anything
@@ -159,7 +163,7 @@ class S3Settings:
         )
         return self.session().client("s3", endpoint_url=self.endpoint_url, config=config)
 
-    def pyarrow_fs(self):
+    def pyarrow_fs(self) -> pyarrow.fs.S3FileSystem:
         """A ``pyarrow.fs.S3FileSystem`` for these settings.
 
         pyarrow ignores ``AWS_ENDPOINT_URL``, so the endpoint is passed as

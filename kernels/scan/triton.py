@@ -417,7 +417,7 @@ def scan_launch_config(
     if interp:
         # Few, wide programs: the interpreter's cost is per op, not per element.
         BN = min(64, triton.next_power_of_2(max(N, 1)))
-        BT = 8 if use_assoc else 32
+        BT = 8 if use_assoc else 64
     else:
         BN = 32 if block else 64
         BT = 32 if block else 64

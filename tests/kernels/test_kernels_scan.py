@@ -155,3 +155,9 @@ def test_triton_backend_through_linear_scan(device):
     torch.testing.assert_close(
         linear_scan(a, b, h0, backend="triton"), linear_scan(a, b, h0, backend="sequential")
     )
+
+
+def test_fresh_allocations_are_nan():
+    """The autouse fixture is active: an output a kernel forgets to write stays NaN."""
+    assert torch.empty(3).isnan().all()
+    assert torch.empty_like(torch.zeros(2, 2)).isnan().all()

@@ -33,7 +33,13 @@ from paralab.models.adjoint import NewtonRecurrence
 from paralab.models.config import ModelConfig
 from paralab.models.jacobian import STRUCTURES, derive_transition_and_jacobian
 from paralab.models.modes import resolve_mode
-from paralab.models.newton import NewtonSettings, NewtonStats, sequential_solve
+from paralab.models.newton import (
+    NewtonSettings,
+    NewtonStats,
+    final_residual,
+    rejected,
+    sequential_solve,
+)
 
 _SCAN_BACKENDS = {"parallel": "torch", "triton": "triton"}
 
@@ -114,6 +120,12 @@ class RecurrentCell(nn.Module):
         """(f(p, h), ∂f/∂h) with J ``[.., N]`` or ``[.., N, 2, 2]``; derived by autograd here."""
         return derive_transition_and_jacobian(self.transition, p, h, self.jacobian_structure)
 
+    def fused_newton(self, p: torch.Tensor, h0: torch.Tensor, newton_iters: int):
+        """(states, residuals of iterates 0..n-1) from a fused Triton Newton kernel with its
+        own backward, or None where the cell has none (then ``triton`` mode runs the
+        generic Newton with Triton scans)."""
+        return None
+
     def output(self, states: torch.Tensor) -> torch.Tensor:
         """The cell's output y from its states; the state itself for diagonal cells."""
         return states
@@ -162,12 +174,40 @@ class RecurrentCell(nn.Module):
         mode = resolve_mode(mode, self, p)
         if mode == "sequential":
             return sequential_solve(self.transition, p, h0)
+        if mode == "triton":
+            states = self._apply_fused(p, h0, record)
+            if states is not None:
+                return states
         sink: list[NewtonStats] | None = [] if record else None
         params = [getattr(self, name) for name in self.recurrent_parameter_names()]
         states = NewtonRecurrence.apply(self, _SCAN_BACKENDS[mode], sink, p, h0, *params)
         if sink:
             self.last_newton_stats = sink[0]
             self.newton_fallbacks += int(sink[0].fell_back)
+        return states
+
+    def _apply_fused(self, p: torch.Tensor, h0: torch.Tensor, record: bool):
+        """The fused-kernel path of ``triton`` mode, with the same acceptance check and
+        fallback as the generic Newton.  Used for fp32 without ``newton_tol`` (the kernels
+        run a fixed iteration count in fp32)."""
+        settings = self.newton_settings()
+        if p.dtype != torch.float32 or settings.newton_tol is not None:
+            return None
+        fused = self.fused_newton(p, h0, settings.newton_iters)
+        if fused is None:
+            return None
+        states, residuals = fused
+        with torch.no_grad():
+            final = final_residual(self.transition, p, h0, states.detach())
+        residuals = torch.cat([residuals.to(final.dtype), final.unsqueeze(0)])
+        fell_back = settings.fallback_tol is not None and rejected(
+            residuals, states.detach(), settings.fallback_tol
+        )
+        if fell_back:  # drop the fused graph; autograd differentiates the loop instead
+            states = sequential_solve(self.transition, p, h0)
+        if record:
+            self.last_newton_stats = NewtonStats(residuals, settings.newton_iters, fell_back)
+            self.newton_fallbacks += int(fell_back)
         return states
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,17 +107,23 @@ def newton_solve(
         states = states + scan(jac, residual, backend)
         iterations += 1
     if not converged_early:
-        residuals.append((transition(p, shift_states(states, h0)) - states).abs().amax())
+        residuals.append(final_residual(transition, p, h0, states))
     residuals = torch.stack(residuals) if residuals else states.new_zeros(1)
     fell_back = False
-    if settings.fallback_tol is not None and _rejected(residuals, states, settings.fallback_tol):
+    if settings.fallback_tol is not None and rejected(residuals, states, settings.fallback_tol):
         states = sequential_solve(transition, p, h0)
         fell_back = True
     return states, NewtonStats(residuals=residuals, iterations=iterations, fell_back=fell_back)
 
 
-def _rejected(residuals: torch.Tensor, states: torch.Tensor, fallback_tol: float) -> bool:
-    """Non-finite, grown, or above tolerance; one host sync."""
+def final_residual(transition: Transition, p: torch.Tensor, h0: torch.Tensor, states: torch.Tensor):
+    """max |f(p_t, h_{t-1}) − h_t| of a solution, a 0-dim tensor (no host sync)."""
+    return (transition(p, shift_states(states, h0)) - states).abs().amax()
+
+
+def rejected(residuals: torch.Tensor, states: torch.Tensor, fallback_tol: float) -> bool:
+    """Whether a solve must be redone: its final residual is non-finite, grew from the
+    first, or exceeds ``fallback_tol · max(1, max|h|)``.  One host sync."""
     final, first = residuals[-1], residuals[0]
     # A residual that "grows" within rounding of an already-exact guess is not divergence.
     floor = torch.finfo(states.dtype).eps ** 0.5

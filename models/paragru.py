@@ -43,5 +43,10 @@ class ParaGRU(RecurrentCell):
         dc = (1 - c * c) * a_c * (r + h * dr)
         return z * c + (1 - z) * h, (1 - z) + (c - h) * dz + z * dc
 
+    def fused_newton(self, p: torch.Tensor, h0: torch.Tensor, newton_iters: int):
+        from paralab.kernels.newton import newton_gru_fused  # imports Triton: only when asked
+
+        return newton_gru_fused(p, self.A, h0, newton_iters, return_residuals=True)
+
 
 register_cell("paragru", ParaGRU)

@@ -59,6 +59,15 @@ class ParaLSTM(RecurrentCell):
         )
         return torch.stack([c_new, o * tanh_c], dim=-1), jac
 
+    def fused_newton(self, p: torch.Tensor, state0: torch.Tensor, newton_iters: int):
+        from paralab.kernels.newton import newton_lstm_fused  # imports Triton: only when asked
+
+        h, c, residuals = newton_lstm_fused(
+            p, self.A, self.C, state0[..., 1], state0[..., 0], newton_iters,
+            return_residuals=True, return_cell=True,
+        )  # fmt: skip
+        return torch.stack([c, h], dim=-1), residuals
+
     def output(self, states: torch.Tensor) -> torch.Tensor:
         return states[..., 1]
 

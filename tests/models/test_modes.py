@@ -1,0 +1,76 @@
+"""``auto`` picks the measured-fastest mode on CPU, once per shape bucket; explicit modes
+are honoured; every mode gives the sequential answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from models_testing import assert_close, make_cell
+
+from paralab.models import modes
+
+
+@pytest.fixture
+def fresh_choices():
+    modes.clear_auto_choices()
+    yield
+    modes.clear_auto_choices()
+
+
+def test_auto_takes_the_faster_measured_mode_and_caches_it(monkeypatch, fresh_choices):
+    calls = []
+    fake_seconds = {"sequential": 2.0, "parallel": 1.0}
+
+    def fake_time(cell, mode, shape, dtype, device, grad):
+        calls.append((mode, shape))
+        return fake_seconds[mode]
+
+    monkeypatch.setattr(modes, "_time_mode", fake_time)
+    cell = make_cell("paragru", 4, 8, 1, torch.float32)
+    p = torch.randn(2, 100, 3, 8)
+    assert modes.resolve_mode("auto", cell, p) == "parallel"
+    assert modes.resolve_mode("auto", cell, torch.randn(2, 120, 3, 8)) == "parallel"
+    assert len(calls) == 2, "same bucket (T=100 and 120 both round to 128): probed once"
+
+    fake_seconds.update(sequential=0.5)
+    assert modes.resolve_mode("auto", cell, torch.randn(2, 300, 3, 8)) == "sequential"
+    assert len(calls) == 4, "new bucket: probed again"
+    assert sorted(modes.auto_choices().values()) == ["parallel", "sequential"]
+
+
+def test_explicit_modes_are_not_probed(monkeypatch):
+    monkeypatch.setattr(modes, "_time_mode", lambda *a: pytest.fail("probed"))
+    cell = make_cell("paragru", 4, 8, 1, torch.float32)
+    for mode in ("sequential", "parallel", "triton"):
+        assert modes.resolve_mode(mode, cell, torch.randn(1, 4, 3, 8)) == mode
+    with pytest.raises(ValueError, match="mode must be one of"):
+        modes.resolve_mode("fast", cell, torch.randn(1, 4, 3, 8))
+
+
+def test_auto_on_cpu_gives_the_sequential_answer_and_leaves_grads_alone(fresh_choices):
+    torch.manual_seed(0)
+    cell = make_cell("paralstm", 4, 8, 2, torch.float64, newton_iters=8)
+    x = torch.randn(2, 50, 4, dtype=torch.float64)
+    want, _ = cell(x, mode="sequential")
+    got, _ = cell(x, mode="auto")
+    assert all(p.grad is None for p in cell.parameters()), "the probe must not touch .grad"
+    assert list(modes.auto_choices().values())[0] in modes.PROBED_MODES
+    assert_close(got.detach(), want.detach(), 1e-10, "auto vs sequential")
+
+
+def test_triton_mode_matches_sequential():
+    """Fused kernels (ParaGRU, ParaLSTM) and Triton scans (leaky_tanh); on CPU through the
+    Triton interpreter in a fresh process (see triton_mode_check.py)."""
+    script = Path(__file__).with_name("triton_mode_check.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"} if not torch.cuda.is_available() else None
+    done = subprocess.run(
+        [sys.executable, str(script), "29"], cwd=script.parent, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("triton == sequential") == 3

@@ -46,7 +46,7 @@ def shift_states(s: torch.Tensor, s0: torch.Tensor | None) -> torch.Tensor:
 
 class _NewtonReferenceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind, newton_iters, p, A, C, s0):
+    def forward(ctx, kind, newton_iters, scan_backend, p, A, C, s0):
         dtype = acc_dtype(p.dtype)
         p_, A_ = p.to(dtype), A.to(dtype)
         C_ = None if C is None else C.to(dtype)
@@ -58,9 +58,13 @@ class _NewtonReferenceFn(torch.autograd.Function):
             f, J = _cell_jacobian(kind, p_, A_, C_, shift_states(s, s0_))
             r = f - s
             residuals.append(r.abs().amax())
-            s = s + linear_scan(J, r, backend="torch")
+            s = s + linear_scan(J, r, backend=scan_backend)
         ctx.save_for_backward(p_, A_, C_, s0_, s)
-        ctx.kind, ctx.dtypes = kind, (p.dtype, A.dtype, None if C is None else C.dtype)
+        ctx.kind, ctx.scan_backend, ctx.dtypes = (
+            kind,
+            scan_backend,
+            (p.dtype, A.dtype, None if C is None else C.dtype),
+        )
         ctx.s0_dtype = None if s0 is None else s0.dtype
         res = torch.stack(residuals) if residuals else p_.new_zeros(0)
         ctx.mark_non_differentiable(res)
@@ -75,7 +79,7 @@ class _NewtonReferenceFn(torch.autograd.Function):
         J_next = torch.cat([J[:, 1:], torch.zeros_like(J[:, :1])], dim=1)
         if kind == "lstm":
             J_next = J_next.transpose(-1, -2)
-        lam = linear_scan(J_next, grad_s.to(s.dtype), reverse=True, backend="torch")
+        lam = linear_scan(J_next, grad_s.to(s.dtype), reverse=True, backend=ctx.scan_backend)
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_() for x in (p_, A_, s_prev)]
             C_leaf = None if C_ is None else C_.detach().requires_grad_()
@@ -85,7 +89,7 @@ class _NewtonReferenceFn(torch.autograd.Function):
         grad_p, grad_A, grad_s_prev = grads[:3]
         grad_C = grads[3].to(ctx.dtypes[2]) if C_leaf is not None else None
         grad_s0 = None if s0_ is None else grad_s_prev[:, 0].to(ctx.s0_dtype)
-        return None, None, grad_p.to(ctx.dtypes[0]), grad_A.to(ctx.dtypes[1]), grad_C, grad_s0
+        return None, None, None, grad_p.to(ctx.dtypes[0]), grad_A.to(ctx.dtypes[1]), grad_C, grad_s0
 
 
 def newton_gru_reference(
@@ -94,6 +98,7 @@ def newton_gru_reference(
     h0: torch.Tensor | None = None,
     newton_iters: int = 3,
     return_residuals: bool = False,
+    scan_backend: str = "torch",
 ):
     """ParaGRU by Newton's method with PyTorch scans.
 
@@ -105,12 +110,14 @@ def newton_gru_reference(
         return_residuals: also return the fp32 ``[newton_iters]`` tensor whose k-th entry
             is max |f(p_t, h^k_{t-1}) − h^k_t| over batch, time and units, for the iterate
             h^k entering iteration k.
+        scan_backend: backend of the linear scans (see :func:`paralab.kernels.scan.linear_scan`);
+            ``"triton"`` gives PyTorch Jacobians with Triton scans.
 
     Returns:
         h ``[B, T, N]`` in p's dtype (and the residuals).  Gradients flow to p, A and h0
         through the adjoint at the solution.
     """
-    h, res = _NewtonReferenceFn.apply("gru", newton_iters, p, A, None, h0)
+    h, res = _NewtonReferenceFn.apply("gru", newton_iters, scan_backend, p, A, None, h0)
     return (h, res) if return_residuals else h
 
 
@@ -123,6 +130,7 @@ def newton_lstm_reference(
     newton_iters: int = 3,
     return_residuals: bool = False,
     return_cell: bool = False,
+    scan_backend: str = "torch",
 ):
     """ParaLSTM by Newton's method with PyTorch scans.
 
@@ -133,6 +141,7 @@ def newton_lstm_reference(
         newton_iters, return_residuals: as for :func:`newton_gru_reference`; the residual
             is the max over both state components.
         return_cell: also return the cell states c ``[B, T, N]``.
+        scan_backend: backend of the linear scans, as for :func:`newton_gru_reference`.
 
     Returns:
         h ``[B, T, N]``, then c if ``return_cell``, then the residuals if
@@ -144,7 +153,7 @@ def newton_lstm_reference(
         zeros = p.new_zeros(p.shape[0], p.shape[-1], dtype=dtype)
         c0_, h0_ = (zeros if x is None else x.to(dtype) for x in (c0, h0))
         s0 = torch.stack([c0_, h0_], dim=-1)
-    s, res = _NewtonReferenceFn.apply("lstm", newton_iters, p, A, C, s0)
+    s, res = _NewtonReferenceFn.apply("lstm", newton_iters, scan_backend, p, A, C, s0)
     out = (
         (s[..., 1],) + ((s[..., 0],) if return_cell else ()) + ((res,) if return_residuals else ())
     )

@@ -418,9 +418,12 @@ def scan_launch_config(
         # Few, wide programs: the interpreter's cost is per op, not per element.
         BN = min(64, triton.next_power_of_2(max(N, 1)))
         BT = 8 if use_assoc else 64
-    else:
+    elif use_assoc:
         BN = 32 if block else 64
         BT = 32 if block else 64
+    else:
+        # The doubling path materialises [BT, BT, BN] tiles: keep them small on GPU.
+        BN, BT = 32, 16
     BT = min(BT, max(triton.next_power_of_2(max(T, 1)), 1 if not use_assoc else 2))
     n_blocks = triton.cdiv(N, BN)
     n_tiles = triton.cdiv(max(T, 1), BT)

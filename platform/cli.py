@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False)
 
 USAGE_ERROR = 2
@@ -38,6 +38,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, StorageError, LaunchError)
 
 
+def _failures() -> tuple[type[BaseException], ...]:
+    """Failures after a run started: reported in one line, exit status 1."""
+    from paralab.platform.train.launch import TrainingFailed
+
+    return (TrainingFailed,)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from rich.syntax import Syntax
 
@@ -52,8 +59,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _summary_table(summary) -> Table:
     table = Table(title=f"paralab run: {summary.name}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("status", summary.status)
     table.add_row("identity", f"{summary.identity} (generation {summary.generation})")
     for key in ("loss", "val_loss", "val_ppl", "tokens_per_s", "mfu"):
@@ -164,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         return USAGE_ERROR
+    except _failures() as err:
+        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: run `paralab run` again with the same file to resume")
         return 130

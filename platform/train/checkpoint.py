@@ -102,12 +102,15 @@ def full_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The model's full state dict from either checkpoint format, in one process."""
     if (folder / "model.pt").exists():
         return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    import tempfile
+
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    merged = folder / "merged.pt"
-    if not merged.exists():
+    # Merge outside the checkpoint: a checkpoint folder is never written after it is saved.
+    with tempfile.TemporaryDirectory(prefix="paralab-merge-") as tmp:
+        merged = Path(tmp) / "merged.pt"
         dcp_to_torch_save(str(folder / "dcp"), str(merged))
-    return torch.load(merged, map_location="cpu", weights_only=False)["model"]
+        return torch.load(merged, map_location="cpu", weights_only=False)["model"]
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:

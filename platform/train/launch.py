@@ -9,6 +9,7 @@ run again.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -28,6 +29,10 @@ class LaunchError(RuntimeError):
     """A run that cannot start as configured; the message names what to change."""
 
 
+class TrainingFailed(RuntimeError):
+    """Training started but failed past ``train.max_failures`` restarts; it can be resumed."""
+
+
 @dataclass
 class RunSummary:
     name: str
@@ -41,6 +46,22 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
     resumed_from_step: int | None = None
+
+
+def _open_tracker(cfg: ExperimentConfig, identity: str, generation: int, run_name: str):
+    return Tracker.open(
+        cfg.tracking, cfg.tracking.experiment or cfg.name, identity, generation,
+        run_name=run_name, tags=_tags(cfg, identity),
+    )
+
+
+def _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from) -> RunSummary:
+    return RunSummary(
+        name=cfg.name, identity=identity, generation=generation,
+        storage_path=f"{storage.uri.rstrip('/')}/{run_name}", mlflow_run_id=tracker.run_id,
+        tracking_uri=tracker.uri, status="RUNNING", steps=cfg.train.steps,
+        resumed_from_step=resumed_from,
+    )
 
 
 def run_dir_name(name: str, identity: str, generation: int) -> str:
@@ -90,6 +111,9 @@ def init_ray(cfg: ExperimentConfig) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
+        # Ray turns token authentication on for local clusters and says so on every start;
+        # the CLI keeps that default and drops the notice.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
 
@@ -159,36 +183,31 @@ def launch(
     done = ckpt.list_checkpoints(fs, run_path)
     resumed_from = max(done) if done else None
 
-    tracker, reopened = Tracker.open(
-        cfg.tracking, cfg.tracking.experiment or cfg.name, identity, generation,
-        run_name=run_name, tags=_tags(cfg, identity),
-    )
-    summary = RunSummary(
-        name=cfg.name, identity=identity, generation=generation,
-        storage_path=f"{storage.uri.rstrip('/')}/{run_name}", mlflow_run_id=tracker.run_id,
-        tracking_uri=tracker.uri, status="RUNNING", steps=cfg.train.steps,
-        resumed_from_step=resumed_from,
-    )
     if resumed_from == cfg.train.steps:
+        tracker, reopened = _open_tracker(cfg, identity, generation, run_name)
         on_event(f"run {run_name} is already complete at step {resumed_from}; nothing to do "
                  "(pass --restart to train it again)")
+        summary = _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from)
         summary.status = "COMPLETE"
         summary.checkpoint = f"{summary.storage_path}/{ckpt.checkpoint_name(resumed_from)}"
         summary.metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
         if not reopened:
             tracker.finish()
         return summary
-    if resumed_from is not None:
-        on_event(f"resuming {run_name} from step {resumed_from}")
 
-    tracker.log_params(flatten(to_dict(cfg)))
-    tracker.set_tags({"paralab.storage": summary.storage_path})
-    tracker.log_text(to_yaml(cfg), "config.yaml")
-
+    # Everything that can fail on bad input fails here, before a run is recorded anywhere.
     on_event("preparing data")
     data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data).key
     init_ray(cfg)
     check_resources(cfg)
+
+    tracker, _ = _open_tracker(cfg, identity, generation, run_name)
+    summary = _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from)
+    if resumed_from is not None:
+        on_event(f"resuming {run_name} from step {resumed_from}")
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.set_tags({"paralab.storage": summary.storage_path})
+    tracker.log_text(to_yaml(cfg), "config.yaml")
 
     tc = cfg.train
     trainer = TorchTrainer(
@@ -223,6 +242,14 @@ def launch(
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
+    except ray.train.TrainingFailedError as err:
+        tracker.finish("FAILED")
+        cause = str(err).strip().splitlines()
+        raise TrainingFailed(
+            f"training failed ({cause[-1] if cause else type(err).__name__}); its checkpoints "
+            f"are kept under {summary.storage_path}, and running the same command again resumes "
+            "from the latest"
+        ) from err
     except Exception:
         tracker.finish("FAILED")
         raise

@@ -39,7 +39,7 @@ class Hooks(Protocol):
         """A barrier across ranks; persists ``folder`` as checkpoint ``name`` when given."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Record metrics (rank 0 only)."""
+        """Record metrics; every rank calls it, the host decides who writes."""
 
     def prune(self, best_step: int | None) -> None:
         """Drop checkpoints the run no longer keeps (rank 0 only)."""
@@ -230,7 +230,7 @@ class Trainer:
                 metrics.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
                 if do_ckpt and val < self.best_val:
                     self.best_val, self.best_step = val, self.step
-            if metrics and self.ctx.rank == 0:
+            if metrics:
                 self.hooks.log(metrics, self.step)
             if "val_loss" in metrics:
                 metrics["step"] = self.step

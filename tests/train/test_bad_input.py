@@ -1,0 +1,64 @@
+"""`paralab run` refuses bad input in one line, exit status 2, before it records anything."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from conftest import QUICKSTART, mlflow_at, runs_of
+
+TINY = ["name=bad", "model.d_model=32", "model.n_layers=1", "model.heads=2", "data.seq_len=32",
+        "data.max_tokens=20000", "train.steps=2", "train.batch_size=2", "train.workers=1"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_refused_cleanly(proc, home, *words):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    assert runs_of(mlflow_at(home), "bad") == [], "a run was recorded for input that was refused"
+    storage = home / ".paralab" / "storage"
+    assert not storage.exists() or not any(storage.iterdir()), "something was written to storage"
+
+
+def test_missing_dataset(paralab_cli, tmp_path):
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, "data.source=text",
+                       f"data.path={tmp_path}/nowhere/*.txt", home=tmp_path / "h")
+    assert_refused_cleanly(proc, tmp_path / "h", "data.path")
+
+
+@pytest.mark.ray
+def test_more_workers_than_cpus(paralab_cli, tmp_path):
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, "train.workers=64", "train.batch_size=64",
+                       home=tmp_path / "h")
+    assert_refused_cleanly(proc, tmp_path / "h", "train.workers=64", "CPUs")
+
+
+def test_unreachable_s3_endpoint(paralab_cli, tmp_path):
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, "storage.uri=s3://bucket/runs",
+                       f"storage.endpoint_url=http://127.0.0.1:{closed_port()}", home=tmp_path / "h",
+                       env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    assert_refused_cleanly(proc, tmp_path / "h", "127.0.0.1")
+
+
+@pytest.mark.s3
+def test_wrong_s3_credentials(paralab_cli, tmp_path, seaweedfs):
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, f"storage.uri=s3://{seaweedfs.bucket}/runs",
+                       f"storage.endpoint_url={seaweedfs.endpoint_url}", home=tmp_path / "h",
+                       env={"AWS_ACCESS_KEY_ID": seaweedfs.access_key, "AWS_SECRET_ACCESS_KEY": "wrong"})
+    assert_refused_cleanly(proc, tmp_path / "h", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.mark.s3
+def test_missing_bucket(paralab_cli, tmp_path, seaweedfs):
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, "storage.uri=s3://no-such-bucket/runs",
+                       f"storage.endpoint_url={seaweedfs.endpoint_url}", home=tmp_path / "h")
+    assert_refused_cleanly(proc, tmp_path / "h", "no-such-bucket")

@@ -66,8 +66,10 @@ def sequential_solve(transition: Transition, p: torch.Tensor, h0: torch.Tensor) 
     p: ``[B, T, G, N]``; h0: ``[B, N]`` or ``[B, N, 2]``.  Returns states ``[B, T, ...]``.
     """
     h, states = h0, []
-    for t in range(p.shape[1]):
-        h = transition(p[:, t], h)
+    # unbind, not p[:, t]: each select's backward would materialise a full-size zero
+    # gradient, making the backward O(T²); unbind's backward is one stack.
+    for p_t in p.unbind(1):
+        h = transition(p_t, h)
         states.append(h)
     if not states:
         return h0.new_zeros((h0.shape[0], 0, *h0.shape[1:]))

@@ -48,19 +48,11 @@ class RunSummary:
     resumed_from_step: int | None = None
 
 
-def _open_tracker(cfg: ExperimentConfig, identity: str, generation: int, run_name: str):
-    return Tracker.open(
-        cfg.tracking, cfg.tracking.experiment or cfg.name, identity, generation,
-        run_name=run_name, tags=_tags(cfg, identity),
-    )
-
-
-def _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from) -> RunSummary:
+def _summary(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker) -> RunSummary:
     return RunSummary(
-        name=cfg.name, identity=identity, generation=generation,
-        storage_path=f"{storage.uri.rstrip('/')}/{run_name}", mlflow_run_id=tracker.run_id,
-        tracking_uri=tracker.uri, status="RUNNING", steps=cfg.train.steps,
-        resumed_from_step=resumed_from,
+        name=cfg.name, identity=plan.identity, generation=plan.generation,
+        storage_path=plan.storage_uri, mlflow_run_id=tracker.run_id, tracking_uri=tracker.uri,
+        status="RUNNING", steps=cfg.train.steps, resumed_from_step=plan.resumed_from,
     )
 
 
@@ -152,19 +144,32 @@ def _watch(tracker: Tracker, total: int, on_progress: Callable[[int, dict[str, f
             on_progress(max(m.step for m in history), dict(data.metrics))
 
 
-def launch(
-    cfg: ExperimentConfig,
-    *,
-    restart: bool = False,
-    on_event: Callable[[str], None] = lambda message: None,
-    on_progress: Callable[[int, dict[str, float]], None] | None = None,
-    on_data: Callable[[Any], None] | None = None,
-) -> RunSummary:
-    """Run ``cfg`` to completion (or resume it) and return where everything went."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+@dataclass
+class RunPlan:
+    """Where a run lives and how far it got: computed before anything is written."""
 
-    from paralab.platform.data import prepare
+    identity: str
+    generation: int
+    run_name: str
+    storage: Any
+    root: str
+    """Ray's ``storage_path`` (a local path, or ``bucket/prefix`` on S3)."""
+    fs: Any
+    """The ``pyarrow`` filesystem of ``root``."""
+    resumed_from: int | None
+    """Step of the latest complete checkpoint, None for a fresh run."""
+
+    @property
+    def run_path(self) -> str:
+        return f"{self.root.rstrip('/')}/{self.run_name}"
+
+    @property
+    def storage_uri(self) -> str:
+        return f"{self.storage.uri.rstrip('/')}/{self.run_name}"
+
+
+def plan_run(cfg: ExperimentConfig, *, restart: bool = False) -> RunPlan:
+    """Check storage and find this experiment's run folder and latest checkpoint."""
     from paralab.platform.storage import Storage
 
     identity = run_identity(cfg)
@@ -179,17 +184,76 @@ def launch(
     gens = existing_generations(fs, root, cfg.name, identity)
     generation = (gens[-1] + 1 if gens else 0) if restart else (gens[-1] if gens else 0)
     run_name = run_dir_name(cfg.name, identity, generation)
-    run_path = f"{root.rstrip('/')}/{run_name}"
-    done = ckpt.list_checkpoints(fs, run_path)
-    resumed_from = max(done) if done else None
+    done = ckpt.list_checkpoints(fs, f"{root.rstrip('/')}/{run_name}")
+    return RunPlan(identity, generation, run_name, storage, root, fs, max(done) if done else None)
 
-    if resumed_from == cfg.train.steps:
-        tracker, reopened = _open_tracker(cfg, identity, generation, run_name)
-        on_event(f"run {run_name} is already complete at step {resumed_from}; nothing to do "
-                 "(pass --restart to train it again)")
-        summary = _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from)
+
+def open_tracker(cfg: ExperimentConfig, plan: RunPlan, parent_run_id: str | None = None) -> tuple[Tracker, bool]:
+    """The MLflow run of this plan's identity and generation, reopened or created."""
+    return Tracker.open(
+        cfg.tracking, cfg.tracking.experiment or cfg.name, plan.identity, plan.generation,
+        run_name=plan.run_name, tags=_tags(cfg, plan.identity), parent_run_id=parent_run_id,
+    )
+
+
+def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker) -> None:
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.set_tags({"paralab.storage": plan.storage_uri})
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+
+
+def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str,
+                  callbacks: list[Any] | None = None):
+    """The Ray Train ``TorchTrainer`` for a planned run."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    return TorchTrainer(
+        _train_fn(),
+        train_loop_config={
+            "experiment": to_dict(cfg),
+            "run": {
+                "identity": plan.identity,
+                "tracking_uri": tracker.uri,
+                "mlflow_run_id": tracker.run_id,
+                "data_key": data_key,
+            },
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.workers, use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.run_name, storage_path=plan.root, storage_filesystem=plan.fs,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def launch(
+    cfg: ExperimentConfig,
+    *,
+    restart: bool = False,
+    on_event: Callable[[str], None] = lambda message: None,
+    on_progress: Callable[[int, dict[str, float]], None] | None = None,
+    on_data: Callable[[Any], None] | None = None,
+) -> RunSummary:
+    """Run ``cfg`` to completion (or resume it) and return where everything went."""
+    import ray.train
+
+    from paralab.platform.data import prepare
+
+    plan = plan_run(cfg, restart=restart)
+    if plan.resumed_from == cfg.train.steps:
+        tracker, reopened = open_tracker(cfg, plan)
+        on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "
+                 "to do (pass --restart to train it again)")
+        summary = _summary(cfg, plan, tracker)
         summary.status = "COMPLETE"
-        summary.checkpoint = f"{summary.storage_path}/{ckpt.checkpoint_name(resumed_from)}"
+        summary.checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(plan.resumed_from)}"
         summary.metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
         if not reopened:
             tracker.finish()
@@ -201,36 +265,13 @@ def launch(
     init_ray(cfg)
     check_resources(cfg)
 
-    tracker, _ = _open_tracker(cfg, identity, generation, run_name)
-    summary = _summary(cfg, identity, generation, storage, run_name, tracker, resumed_from)
-    if resumed_from is not None:
-        on_event(f"resuming {run_name} from step {resumed_from}")
-    tracker.log_params(flatten(to_dict(cfg)))
-    tracker.set_tags({"paralab.storage": summary.storage_path})
-    tracker.log_text(to_yaml(cfg), "config.yaml")
-
+    tracker, _ = open_tracker(cfg, plan)
+    summary = _summary(cfg, plan, tracker)
+    if plan.resumed_from is not None:
+        on_event(f"resuming {plan.run_name} from step {plan.resumed_from}")
+    record_start(cfg, plan, tracker)
+    trainer = build_trainer(cfg, plan, tracker, data_key)
     tc = cfg.train
-    trainer = TorchTrainer(
-        _train_fn(),
-        train_loop_config={
-            "experiment": to_dict(cfg),
-            "run": {
-                "identity": identity,
-                "tracking_uri": tracker.uri,
-                "mlflow_run_id": tracker.run_id,
-                "data_key": data_key,
-            },
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=tc.workers, use_gpu=tc.use_gpu,
-            resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=root, storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-        ),
-    )
     stop = threading.Event()
     watcher = None
     if on_progress:
@@ -259,17 +300,25 @@ def launch(
             watcher.join(timeout=5)
 
     summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    done = ckpt.list_checkpoints(fs, run_path)
+    summary.checkpoint = finish_run(cfg, plan, tracker, result, on_event)
+    summary.status = "FINISHED"
+    return summary
+
+
+def finish_run(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, result: Any,
+               on_event: Callable[[str], None] = lambda message: None) -> str | None:
+    """Tag the final checkpoint, log the model, and mark the MLflow run finished."""
+    done = ckpt.list_checkpoints(plan.fs, plan.run_path)
+    checkpoint = None
     if done:
         last = max(done)
-        summary.checkpoint = f"{summary.storage_path}/{ckpt.checkpoint_name(last)}"
-        tracker.set_tags({"paralab.checkpoint": summary.checkpoint, "paralab.final_step": last})
+        checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(last)}"
+        tracker.set_tags({"paralab.checkpoint": checkpoint, "paralab.final_step": last})
         if cfg.tracking.log_model and result.checkpoint is not None:
             on_event("logging the final model to MLflow")
             _log_model(tracker, cfg, result.checkpoint)
     tracker.finish()
-    summary.status = "FINISHED"
-    return summary
+    return checkpoint
 
 
 def _train_fn():

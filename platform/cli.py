@@ -2,7 +2,7 @@
 
     paralab validate FILE [KEY=VALUE ...]
     paralab run FILE [KEY=VALUE ...] [--restart]
-    paralab ui
+    paralab ui [--port 5000]
     paralab stack up|down|status
 """
 
@@ -32,10 +32,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is written for the user; anything else is a bug."""
     from paralab.platform.config.load import ConfigError
     from paralab.platform.data import DataError
+    from paralab.platform.services import ServiceError
     from paralab.platform.storage import StorageError
     from paralab.platform.train.launch import LaunchError
 
-    return (ConfigError, DataError, StorageError, LaunchError)
+    return (ConfigError, DataError, StorageError, LaunchError, ServiceError)
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -101,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         info=f"{update.stage} ({update.unit})")
 
     with progress:
-        summary = launch(cfg, restart=args.restart, on_event=on_event, on_progress=on_progress,
-                         on_data=on_data)
+        summary = launch(cfg, restart=args.restart, create_bucket=args.create_bucket,
+                         on_event=on_event, on_progress=on_progress, on_data=on_data)
         progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
     console.print(_summary_table(summary))
     _next_steps(summary)
@@ -134,6 +135,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from paralab.platform.config.schema import project_dir
+    from paralab.platform.services import stack_down, stack_status, stack_up
+
+    if args.action == "up":
+        with console.status("starting SeaweedFS (S3) and an MLflow server on 127.0.0.1"):
+            status = stack_up(project_dir())
+    elif args.action == "down":
+        status = stack_down(project_dir())
+    else:
+        status = stack_status(project_dir())
+    table = Table(title="paralab stack", title_justify="left")
+    for column in ("service", "url", "pid", "healthy", "log"):
+        table.add_column(column, overflow="fold")
+    for service in (status.seaweedfs, status.mlflow):
+        table.add_row(service.name, service.url or "-", str(service.pid or "-"),
+                      "yes" if service.healthy else "no", str(service.log))
+    console.print(table)
+    if status.running:
+        console.print("\nTo use it from this shell:")
+        for key, value in status.env().items():
+            console.print(f"  export {key}={value}", soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paralab",
@@ -155,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_args(p)
     p.add_argument("--restart", action="store_true",
                    help="start over in a new generation instead of resuming; nothing is overwritten")
+    p.add_argument("--create-bucket", action="store_true",
+                   help="create the storage.uri bucket if it does not exist")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stack", help="local S3 (SeaweedFS) and MLflow server for this project")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the embedded tracking store")
     p.add_argument("--host", default="127.0.0.1")

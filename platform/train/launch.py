@@ -168,13 +168,13 @@ class RunPlan:
         return f"{self.storage.uri.rstrip('/')}/{self.run_name}"
 
 
-def plan_run(cfg: ExperimentConfig, *, restart: bool = False) -> RunPlan:
+def plan_run(cfg: ExperimentConfig, *, restart: bool = False, create_bucket: bool = False) -> RunPlan:
     """Check storage and find this experiment's run folder and latest checkpoint."""
     from paralab.platform.storage import Storage
 
     identity = run_identity(cfg)
     storage = Storage.from_config(cfg.storage)
-    storage.preflight()
+    storage.preflight(create_bucket=create_bucket)
     root, fs = storage.ray_storage()
     if fs is None:
         import pyarrow.fs as pafs
@@ -237,6 +237,7 @@ def launch(
     cfg: ExperimentConfig,
     *,
     restart: bool = False,
+    create_bucket: bool = False,
     on_event: Callable[[str], None] = lambda message: None,
     on_progress: Callable[[int, dict[str, float]], None] | None = None,
     on_data: Callable[[Any], None] | None = None,
@@ -246,7 +247,7 @@ def launch(
 
     from paralab.platform.data import prepare
 
-    plan = plan_run(cfg, restart=restart)
+    plan = plan_run(cfg, restart=restart, create_bucket=create_bucket)
     if plan.resumed_from == cfg.train.steps:
         tracker, reopened = open_tracker(cfg, plan)
         on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "

@@ -79,6 +79,24 @@ def test_mlflow_holds_params_metrics_config_and_checkpoint(first_run):
     assert "paralab ui" in proc.stdout and str(ckpt.parent) in proc.stdout.replace("\n", "")
 
 
+def test_logged_model_loads_back_and_generates(first_run):
+    import mlflow.pytorch
+    import torch
+
+    from paralab.platform.data import ByteTokenizer
+
+    _, _, client = first_run
+    (run,) = _runs(client)
+    mlflow.set_tracking_uri(client._tracking_client.tracking_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    tokenizer = ByteTokenizer()
+    prompt = torch.as_tensor(tokenizer.encode("And God said"), dtype=torch.long)[None]
+    out = model.generate(prompt, max_new_tokens=12, temperature=0)
+    assert out.shape == (1, prompt.shape[1] + 12)
+    assert torch.equal(out[:, : prompt.shape[1]], prompt)
+    assert isinstance(tokenizer.decode(out[0]), str)
+
+
 def test_second_run_overwrites_nothing_and_restart_adds_a_generation(first_run):
     home, _, client = first_run
     (run,) = _runs(client)

@@ -1,7 +1,7 @@
 """Fixtures for storage tests: a real SeaweedFS for the session, and one storage per backend.
 
-Other test folders reuse the server the same way, through
-:func:`paralab.platform.services.seaweedfs_for_tests`.
+The session's SeaweedFS server is the ``seaweedfs`` fixture of ``tests/conftest.py``,
+shared with every other test folder.
 """
 
 from __future__ import annotations
@@ -11,15 +11,7 @@ import uuid
 import pytest
 
 from paralab.platform.config.schema import StorageConfig
-from paralab.platform.services import S3TestServer, seaweedfs_for_tests
 from paralab.platform.storage import Storage
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory) -> S3TestServer:
-    """A SeaweedFS on loopback with a bucket and fresh credentials (also in the env)."""
-    with seaweedfs_for_tests(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
 
 
 @pytest.fixture

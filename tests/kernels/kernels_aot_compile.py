@@ -1,0 +1,127 @@
+"""Compile the Triton kernels ahead of time for a Hopper GPU (sm_90) without one.
+
+The CPU interpreter accepts programs the GPU compiler rejects (loop-carried values that
+change type, unsupported ops); this catches those on machines with no GPU.  Run as a
+script, in a process where TRITON_INTERPRET is unset; prints one OK/FAIL line per kernel
+variant and exits non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler.compiler import ASTSource  # noqa: E402
+
+import paralab.kernels.newton.gru_triton as gru  # noqa: E402
+import paralab.kernels.newton.lstm_triton as lstm  # noqa: E402
+import paralab.kernels.scan.triton as scan  # noqa: E402
+
+INTS = {"T", "N", "ROWS", "G"}
+
+
+def compile_variant(kernel, consts: dict, dtypes: dict | None = None) -> str | None:
+    """Compile one specialisation; pointers are fp32 unless ``dtypes`` says otherwise."""
+    sig = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in INTS:
+            sig[name] = "i32"
+        else:
+            sig[name] = "*" + (dtypes or {}).get(name, "fp32")
+    try:
+        triton.compile(
+            ASTSource(kernel, sig, consts),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": 4},
+        )
+        return None
+    except Exception as e:  # report every failure, not just the first
+        return f"{type(e).__name__}: {e}"
+
+
+def variants():
+    diag = dict(BT=64, BN=64, USE_ASSOC=True)
+    block = dict(BT=32, BN=32, USE_ASSOC=True)
+    newton = dict(BT=32, BN=32, USE_ASSOC=True)
+    yield scan._diag_chunk_reduce_kernel, {**diag, "REVERSE": True, "A_SHIFT": -1}, None
+    yield (
+        scan._diag_chunk_scan_kernel,
+        {**diag, "REVERSE": False, "A_SHIFT": 0, "HAS_H0": True, "HAS_CARRY": False},
+        {"a": "bf16", "b": "bf16", "h0": "bf16", "h": "bf16"},
+    )
+    yield (
+        scan._diag_chunk_scan_kernel,
+        {**diag, "REVERSE": True, "A_SHIFT": 1, "HAS_H0": False, "HAS_CARRY": True},
+        None,
+    )
+    yield scan._diag_chunk_carry_kernel, {"BN": 64, "HAS_H0": True}, None
+    yield (
+        scan._block_chunk_reduce_kernel,
+        {**block, "REVERSE": False, "A_SHIFT": 0, "TRANSPOSE": False},
+        None,
+    )
+    yield (
+        scan._block_chunk_scan_kernel,
+        {
+            **block,
+            "REVERSE": True,
+            "A_SHIFT": 1,
+            "TRANSPOSE": True,
+            "HAS_H0": True,
+            "HAS_CARRY": True,
+        },
+        None,
+    )
+    yield scan._block_chunk_carry_kernel, {"BN": 32, "HAS_H0": True}, None
+    yield (
+        gru._gru_newton_fwd_kernel,
+        {**newton, "STAGE": 1, "HAS_CARRY": False, "FIRST": True, "HAS_H0": True},
+        {"p": "bf16"},
+    )
+    yield (
+        gru._gru_newton_fwd_kernel,
+        {**newton, "STAGE": 0, "HAS_CARRY": False, "FIRST": False, "HAS_H0": False},
+        None,
+    )
+    yield (
+        gru._gru_newton_bwd_kernel,
+        {**newton, "STAGE": 1, "HAS_CARRY": True, "HAS_H0": True},
+        {"p": "bf16", "grad_p": "bf16"},
+    )
+    yield (
+        lstm._lstm_newton_fwd_kernel,
+        {**newton, "STAGE": 1, "HAS_CARRY": True, "FIRST": False, "HAS_S0": True},
+        None,
+    )
+    yield (
+        lstm._lstm_newton_bwd_kernel,
+        {**newton, "STAGE": 1, "HAS_CARRY": False, "HAS_S0": True, "HAS_GC": True},
+        None,
+    )
+    yield (
+        lstm._lstm_newton_bwd_kernel,
+        {**newton, "STAGE": 0, "HAS_CARRY": False, "HAS_S0": False, "HAS_GC": False},
+        None,
+    )
+
+
+def main() -> int:
+    failures = 0
+    for kernel, consts, dtypes in variants():
+        err = compile_variant(kernel, consts, dtypes)
+        failures += err is not None
+        print(
+            f"{'FAIL' if err else 'OK'} {kernel.__name__} {consts}" + (f"\n  {err}" if err else ""),
+            flush=True,
+        )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

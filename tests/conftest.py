@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
@@ -27,18 +26,21 @@ def run_paralab(home: Path, *args: str, env: dict[str, str] | None = None,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def mlflow_at(home: Path) -> MlflowClient:
+def mlflow_at(home: Path):
+    # Imported here: GPU machines run the kernel tests without MLflow installed.
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=f"sqlite:///{home / '.paralab' / 'mlflow.db'}")
 
 
-def runs_of(client: MlflowClient, experiment: str):
+def runs_of(client, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def metric_by_step(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+def metric_by_step(client, run_id: str, key: str) -> dict[int, float]:
     """The last value logged at each step (a resumed run logs some steps twice)."""
     history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
     return {m.step: m.value for m in history}

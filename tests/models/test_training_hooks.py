@@ -4,6 +4,9 @@ the block list that the platform wraps."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +104,13 @@ def test_bf16_autocast_keeps_the_recurrence_in_fp32():
 def test_config_rejects_bad_newton_fallback_tol():
     with pytest.raises(ValueError, match="newton_fallback_tol"):
         ModelConfig(newton_fallback_tol=0.0)
+
+
+@pytest.mark.parametrize("cell", ["paragru", "paralstm"])
+def test_fsdp2_per_block_wrapping_keeps_gradients(cell):
+    script = Path(__file__).with_name("fsdp_check.py")
+    done = subprocess.run(
+        [sys.executable, str(script), cell], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fsdp == plain" in done.stdout

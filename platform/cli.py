@@ -2,6 +2,7 @@
 
     paralab validate FILE [KEY=VALUE ...]
     paralab run FILE [KEY=VALUE ...] [--restart]
+    paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored]
     paralab ui [--port 5000]
     paralab stack up|down|status
 """
@@ -53,6 +54,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from paralab.platform.identity import run_identity
 
     cfg = load_experiment(args.file, args.overrides)
+    if cfg.sweep is not None:
+        from paralab.platform.tune import check_params
+
+        check_params(args.file, args.overrides, cfg.sweep)
     console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
     console.print(f"[green]valid[/]: {args.file} (run identity {run_identity(cfg)})")
     return 0
@@ -106,19 +111,39 @@ def cmd_run(args: argparse.Namespace) -> int:
                          on_event=on_event, on_progress=on_progress, on_data=on_data)
         progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
     console.print(_summary_table(summary))
-    _next_steps(summary)
+    _next_steps(summary, args.file)
     return 0
 
 
-def _next_steps(summary) -> None:
+def _program() -> str:
+    """How to call paralab again from this shell: bare if on PATH, else by its path."""
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("paralab"):
+        return "paralab"
+    here = Path(sys.argv[0])
+    if here.name == "paralab" and here.exists():
+        return os.path.relpath(here.resolve()) if not here.is_absolute() else str(here)
+    return f"{sys.executable} -m paralab.platform.cli"
+
+
+def _next_steps(summary, file: str) -> None:
+    paralab = _program()
     console.print("\n[bold]Next steps[/]")
     if summary.tracking_uri.startswith("sqlite:"):
-        console.print(f"  see the run in the MLflow UI:  [bold]paralab ui[/]  (serves {summary.tracking_uri})")
+        console.print(f"  see the run in the MLflow UI:  [bold]{paralab} ui[/]  (serves {summary.tracking_uri})")
     else:
         console.print(f"  see the run in the MLflow UI at {summary.tracking_uri}")
     console.print(f"  checkpoints are under:         {summary.storage_path}")
-    console.print("  train longer or bigger:        paralab run FILE train.steps=2000 model.d_model=512")
-    console.print("  try the other cell:            paralab run FILE model.cell=paralstm")
+    console.print(f"  train longer or bigger:        {paralab} run {file} train.steps=2000 model.d_model=512")
+    console.print(f"  try the other cell:            {paralab} run {file} model.cell=paralstm")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from paralab.platform.tune.command import sweep_command
+
+    return sweep_command(args, console, err_console)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -184,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-bucket", action="store_true",
                    help="create the storage.uri bucket if it does not exist")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run the YAML's sweep: section as a Ray Tune sweep of runs")
+    experiment_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the trials and the resources they need, and run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume (implied): run the trials that failed again")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("stack", help="local S3 (SeaweedFS) and MLflow server for this project")
     p.add_argument("action", choices=["up", "down", "status"])

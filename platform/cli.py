@@ -181,7 +181,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if status.running:
         console.print("\nTo use it from this shell:")
         for key, value in status.env().items():
-            console.print(f"  export {key}={value}", soft_wrap=True)
+            console.print(f"export {key}={value}", soft_wrap=True, markup=False)
     return 0
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from paralab.platform.services.process import (
     LOOPBACK,
+    ManagedProcess,
     ServiceError,
     free_ports,
     spawn,
-    terminate,
     wait_until,
 )
 
@@ -35,7 +35,7 @@ def health_ok(url: str, timeout: float = 2.0) -> bool:
         return response.status == 200
 
 
-class MlflowServer:
+class MlflowServer(ManagedProcess):
     """One ``mlflow server`` process on ``127.0.0.1``.
 
     ::
@@ -47,6 +47,8 @@ class MlflowServer:
     ``s3_env`` holds the S3 credentials the *server* uses (``AWS_ACCESS_KEY_ID``...); when
     omitted it inherits this process's environment.
     """
+
+    stop_timeout = STOP_TIMEOUT_S
 
     def __init__(self, db_path: str | os.PathLike, artifacts_destination: str, *,
                  s3_endpoint_url: str | None = None, s3_env: Mapping[str, str] | None = None,
@@ -67,16 +69,6 @@ class MlflowServer:
         if self.port is None:
             raise ServiceError("MlflowServer has no port until it is started")
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid (its process-group leader) while it runs."""
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is alive."""
-        return self.pid is not None
 
     def argv(self) -> list[str]:
         """The ``mlflow server`` command line, run with this interpreter."""
@@ -113,19 +105,6 @@ class MlflowServer:
             self.stop(timeout=2)
             raise
         return self
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the server's process group, SIGKILL after ``timeout`` s."""
-        if self.proc is None:
-            return
-        terminate(self.proc.pid, timeout=timeout, proc=self.proc)
-        self.proc = None
-
-    def __enter__(self) -> MlflowServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

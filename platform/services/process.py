@@ -167,3 +167,45 @@ def terminate(pid: int, *, timeout: float, proc: subprocess.Popen | None = None)
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
     return False
+
+
+class ManagedProcess:
+    """A service process this object started: its pid, whether it runs, and how it stops.
+
+    Subclasses set ``self.proc`` in ``start()``; ``stop_timeout`` is how long a SIGTERM gets
+    before SIGKILL, and ``_after_stop`` cleans up what the process leaves behind.
+    """
+
+    stop_timeout: float = 10.0
+    proc: subprocess.Popen | None = None
+
+    def start(self):  # pragma: no cover - every service defines it
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """The process's pid (its process-group leader) while it runs."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.pid is not None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the process group, SIGKILL after ``timeout`` s. Safe when not running."""
+        if self.proc is None:
+            return
+        terminate(self.proc.pid, timeout=self.stop_timeout if timeout is None else timeout, proc=self.proc)
+        self.proc = None
+        self._after_stop()
+
+    def _after_stop(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+

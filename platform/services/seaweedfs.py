@@ -25,10 +25,10 @@ from pathlib import Path
 
 from paralab.platform.services.process import (
     LOOPBACK,
+    ManagedProcess,
     ServiceError,
     free_ports,
     spawn,
-    terminate,
     wait_until,
 )
 
@@ -100,7 +100,7 @@ def random_credentials() -> tuple[str, str]:
     return "PL" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)[:40]
 
 
-class SeaweedFS:
+class SeaweedFS(ManagedProcess):
     """One ``weed mini`` process serving S3 on ``127.0.0.1``.
 
     ::
@@ -112,6 +112,8 @@ class SeaweedFS:
     else a random pair. ``ports`` default to free ones, picked once: a restart of the same
     object reuses them, so clients keep their endpoint.
     """
+
+    stop_timeout = STOP_TIMEOUT_S
 
     def __init__(self, data_dir: str | os.PathLike, *, access_key: str | None = None,
                  secret_key: str | None = None, buckets: tuple[str, ...] | list[str] = (),
@@ -140,16 +142,6 @@ class SeaweedFS:
         if self.ports is None:
             raise ServiceError("SeaweedFS has no ports until it is started")
         return f"http://{LOOPBACK}:{self.ports.s3}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid while it runs."""
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is alive."""
-        return self.pid is not None
 
     def env(self) -> dict[str, str]:
         """The environment a client needs to reach this server with boto3 or paralab."""
@@ -235,20 +227,9 @@ class SeaweedFS:
         except client.exceptions.BucketAlreadyExists:
             pass
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` s. Safe to call when not running."""
-        if self.proc is None:
-            return
-        terminate(self.proc.pid, timeout=timeout, proc=self.proc)
-        self.proc = None
+    def _after_stop(self) -> None:
         if self.ports is not None:
             self.ports.remove_sockets()
-
-    def __enter__(self) -> SeaweedFS:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

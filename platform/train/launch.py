@@ -91,8 +91,12 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
     return tags
 
 
-def init_ray(cfg: ExperimentConfig) -> None:
-    """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine."""
+def init_ray(resources: dict[str, float] | None = None) -> None:
+    """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine.
+
+    The local cluster binds 127.0.0.1 only. ``resources`` adds custom resources to it (a
+    sweep's trial drivers reserve one, so that they take no CPU from their workers).
+    """
     import ray
 
     if ray.is_initialized():
@@ -106,8 +110,9 @@ def init_ray(cfg: ExperimentConfig) -> None:
         # Ray turns token authentication on for local clusters and says so on every start;
         # the CLI keeps that default and drops the notice.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
+                 runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
@@ -263,7 +268,7 @@ def launch(
     # Everything that can fail on bad input fails here, before a run is recorded anywhere.
     on_event("preparing data")
     data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data).key
-    init_ray(cfg)
+    init_ray()
     check_resources(cfg)
 
     tracker, _ = open_tracker(cfg, plan)

@@ -10,8 +10,9 @@ Three ways to train the same experiment for the same steps, side by side in one 
 Throughput is tokens/s over steady-state steps (the first ``--warmup`` steps and the final
 validation/checkpoint are excluded). Every path runs with the same number of torch threads.
 The overhead column is ``1 - tokens_per_s / bare``; the target is under 10% per step.
+Rounds alternate the paths and each path reports its best round.
 
-    python benchmarks/train_overhead.py [--steps 60] [--threads 2] [--out PATH]
+    python benchmarks/train_overhead.py [--steps 60] [--threads 2] [--repeats 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", default="sequential")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; each path keeps its best")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_overhead.json")
     args = parser.parse_args()
 
@@ -112,9 +114,15 @@ def main() -> None:
 
     cfg = experiment(args)
     data = prepare(cfg.data)
-    rows = {"bare": bare_loop(cfg, data, args.warmup),
-            "paralab loop": paralab_loop(cfg, data, args.warmup, args.log_every)}
-    rows["paralab run"], wall = paralab_run(cfg, args.warmup)
+    # Rounds alternate the three paths and each keeps its best round, so a burst of load
+    # from elsewhere on a shared machine penalises one round, not one path.
+    rows = {"bare": 0.0, "paralab loop": 0.0, "paralab run": 0.0}
+    wall = float("inf")
+    for _ in range(args.repeats):
+        rows["bare"] = max(rows["bare"], bare_loop(cfg, data, args.warmup))
+        rows["paralab loop"] = max(rows["paralab loop"], paralab_loop(cfg, data, args.warmup, args.log_every))
+        rate, seconds = paralab_run(cfg, args.warmup)
+        rows["paralab run"], wall = max(rows["paralab run"], rate), min(wall, seconds)
 
     print(f"\n{cfg.model.cell} d_model={cfg.model.d_model} layers={cfg.model.n_layers} "
           f"batch={cfg.train.batch_size}x{cfg.data.seq_len} mode={args.mode} threads={args.threads}")
@@ -127,7 +135,8 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "config": {"cell": cfg.model.cell, "d_model": cfg.model.d_model, "layers": cfg.model.n_layers,
                    "batch": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "mode": args.mode,
-                   "threads": args.threads, "steps": args.steps, "warmup": args.warmup},
+                   "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+                   "repeats": args.repeats},
         "tokens_per_s": rows,
         "ratio_to_bare": {k: v / rows["bare"] for k, v in rows.items()},
         "paralab_run_wall_s": wall,

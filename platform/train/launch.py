@@ -139,7 +139,7 @@ def check_resources(cfg: ExperimentConfig) -> None:
 def _watch(tracker: Tracker, total: int, on_progress: Callable[[int, dict[str, float]], None],
            stop: threading.Event) -> None:
     """Poll the MLflow run for the latest step, to drive the CLI's progress bar."""
-    while not stop.wait(1.0):
+    while not stop.wait(2.0):
         try:
             data = tracker.client.get_run(tracker.run_id).data
             history = tracker.client.get_metric_history(tracker.run_id, "loss")

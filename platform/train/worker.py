@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,34 @@ Used by the fault-tolerance tests to kill a worker mid-run."""
 
 
 class RayHooks:
+    """Rank 0 logs to MLflow from a background thread, so a slow tracking store never stalls
+    a step; pending metrics are flushed before every report, so whatever a checkpoint covers
+    is logged, and a resumed run re-logs only the steps after its checkpoint."""
+
     def __init__(self, run: dict[str, Any], keep_last: int):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.storage = context.get_storage()
         self.keep_last = keep_last
         self.tracker = Tracker(run["tracking_uri"], run["mlflow_run_id"]) if self.rank == 0 else None
+        self.pending: list[Future] = []
+        self.logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paralab-mlflow")
 
     def report(self, metrics, folder, name):
+        self.flush()
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def log(self, metrics, step):
         if self.tracker:
-            self.tracker.log_metrics(metrics, step)
+            self.pending.append(self.logger.submit(self.tracker.log_metrics, dict(metrics), step))
         _maybe_inject_fault(step, self.rank)
+
+    def flush(self) -> None:
+        """Wait for queued metrics; a failed write surfaces here rather than being dropped."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
 
     def prune(self, best_step):
         ckpt.prune(self.storage.storage_filesystem, self.storage.experiment_fs_path,
@@ -61,3 +75,4 @@ def train_fn(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder))
     trainer.run()
+    trainer.hooks.flush()

@@ -23,6 +23,7 @@ from paralab.platform.config.schema import ExperimentConfig
 # Dotted keys that never change what a run computes.
 NON_SEMANTIC = (
     "storage",
+    "sweep",
     "tracking",
     "data.cache_dir",
     "train.log_every",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from paralab.models.config import ModelConfig
 
@@ -17,6 +18,11 @@ STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("fp32", "bf16")
 SOURCES = ("bible", "stdlib", "text", "hf", "tokens")
 TOKENIZERS = ("byte", "hf")
+SPACE_TYPES = ("grid", "choice", "uniform", "loguniform", "randint", "qrandint")
+SEARCHES = ("random", "grid", "optuna")
+SCHEDULERS = ("fifo", "asha", "pbt")
+# Sections a sweep may not vary: they decide where the sweep's own records go.
+UNSWEEPABLE = ("name", "sweep", "storage", "tracking")
 
 
 def project_dir() -> Path:
@@ -190,6 +196,176 @@ class TrackingConfig:
 
 
 @dataclass
+class SpaceConfig:
+    """One swept key's values: a list (`grid`, `choice`) or a range (the others)."""
+
+    type: str = "choice"
+    """`grid` (every value, crossed with the other grids), `choice` (one value drawn per trial), `uniform`, `loguniform`, `randint` or `qrandint` (a range)."""
+    values: list[Any] | None = None
+    """The values of a `grid` or `choice`."""
+    low: float | None = None
+    """Lower end of a range (inclusive)."""
+    high: float | None = None
+    """Upper end of a range (inclusive, integer ranges too)."""
+    q: int | None = None
+    """Step of a `qrandint`: values are multiples of `q` from `low` to `high`."""
+
+    def problem(self) -> str | None:
+        """What is wrong with this space, in words, or None. (``SweepConfig`` names the key.)"""
+        if self.type not in SPACE_TYPES:
+            return f"type must be one of {SPACE_TYPES}, got {self.type!r}"
+        if self.type in ("grid", "choice"):
+            if not self.values:
+                return f"{self.type} needs a non-empty values list"
+            if self.low is not None or self.high is not None or self.q is not None:
+                return f"{self.type} takes values, not low/high/q"
+            return None
+        if self.values is not None:
+            return f"{self.type} takes low and high, not values"
+        if self.low is None or self.high is None:
+            return f"{self.type} needs both low and high"
+        if not self.low < self.high:
+            return f"low must be < high, got low={self.low:g} high={self.high:g}"
+        if self.type == "loguniform" and self.low <= 0:
+            return f"low must be > 0 for loguniform, got {self.low:g}"
+        if self.type in ("randint", "qrandint"):
+            if self.low != int(self.low) or self.high != int(self.high):
+                return f"low and high must be integers for {self.type}, got {self.low:g} and {self.high:g}"
+        if self.type == "qrandint":
+            if self.q is None or self.q < 1:
+                return f"q must be an integer >= 1 for qrandint, got {self.q}"
+            if self.low % self.q or self.high % self.q:
+                return f"low and high must be multiples of q={self.q}, got {self.low:g} and {self.high:g}"
+        elif self.q is not None:
+            return f"q applies to qrandint only, not {self.type}"
+        return None
+
+
+@dataclass
+class SearchConfig:
+    """How trial configs are chosen."""
+
+    type: str = "random"
+    """`random` (grids crossed, other spaces sampled), `grid` (every combination of grid/choice values) or `optuna` (TPE, adaptive)."""
+    seed: int = 0
+    """Seed of the sampler: the same seed suggests the same trials."""
+    startup_trials: int = 10
+    """`optuna` only: trials drawn at random before TPE starts modelling results."""
+
+    def problem(self) -> str | None:
+        """What is wrong, or None (``SweepConfig.__post_init__`` raises it under ``search.``)."""
+        if self.type not in SEARCHES:
+            return f"type must be one of {SEARCHES}, got {self.type!r}"
+        if self.startup_trials < 1:
+            return f"startup_trials must be >= 1, got {self.startup_trials}"
+        return None
+
+
+@dataclass
+class SchedulerConfig:
+    """When trials are stopped early (ASHA) or perturbed (PBT), in optimizer steps."""
+
+    type: str = "fifo"
+    """`fifo` (run every trial to the end), `asha` (stop the worse trials at each rung) or `pbt` (population based training; refused on Ray 2.60, see docs/sweeps.md)."""
+    grace_period: int = 100
+    """`asha`: steps every trial runs before it can be stopped."""
+    reduction_factor: float = 3.0
+    """`asha`: the fraction 1/reduction_factor of trials is promoted at each rung."""
+    max_t: int | None = None
+    """`asha`: the last rung, in steps; `null` means `train.steps`."""
+    brackets: int = 1
+    """`asha`: number of brackets (1 is plain successive halving)."""
+    perturbation_interval: int = 100
+    """`pbt`: steps between exploit/explore decisions."""
+    quantile_fraction: float = 0.25
+    """`pbt`: the bottom fraction copies the top fraction's weights and config."""
+    resample_probability: float = 0.25
+    """`pbt`: chance that an explored value is drawn afresh from its space rather than perturbed."""
+
+    def problem(self) -> str | None:
+        """What is wrong, or None (``SweepConfig.__post_init__`` raises it under ``scheduler.``)."""
+        if self.type not in SCHEDULERS:
+            return f"type must be one of {SCHEDULERS}, got {self.type!r}"
+        for key in ("grace_period", "brackets", "perturbation_interval"):
+            if getattr(self, key) < 1:
+                return f"{key} must be >= 1, got {getattr(self, key)}"
+        if self.reduction_factor <= 1:
+            return f"reduction_factor must be > 1, got {self.reduction_factor}"
+        if self.max_t is not None and self.max_t < self.grace_period:
+            return f"max_t must be >= grace_period={self.grace_period}, got {self.max_t}"
+        if not 0 < self.quantile_fraction <= 0.5:
+            return f"quantile_fraction must be in (0, 0.5], got {self.quantile_fraction}"
+        if not 0 <= self.resample_probability <= 1:
+            return f"resample_probability must be in [0, 1], got {self.resample_probability}"
+        return None
+
+
+@dataclass
+class SweepConfig:
+    """A hyperparameter sweep (`paralab sweep`): each trial is one run of the experiment with some keys changed."""
+
+    metric: str = "val_loss"
+    """Reported metric that ranks trials (`val_loss`, `val_ppl`, `loss`, `tokens_per_s`, ...)."""
+    mode: str = "min"
+    """`min` or `max`: which end of `metric` is best."""
+    params: dict[str, SpaceConfig] = field(default_factory=dict)
+    """Dotted experiment key (`train.lr`, `model.cell`) to the space of its values."""
+    num_samples: int = 1
+    """The trial budget: trials drawn (`random`: per combination of the grids; `optuna`: in all); `grid` takes 1."""
+    max_concurrent_trials: int = 0
+    """Trials run at once; 0 runs as many as the cluster's CPUs/GPUs fit."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """How trial configs are chosen."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Early stopping or perturbation of running trials."""
+    time_budget_s: float | None = None
+    """Wall-clock budget of the whole sweep: no trial starts after it, running ones are stopped."""
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            raise ValueError("metric must be a reported metric name, e.g. val_loss")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, got {self.mode!r}")
+        if not self.params:
+            raise ValueError("params must name at least one key to sweep, e.g. train.lr")
+        for name, section in (("search", self.search), ("scheduler", self.scheduler)):
+            problem = section.problem()
+            if problem:
+                raise ValueError(f"{name}.{problem}")
+        for key, space in self.params.items():
+            if key.split(".")[0] in UNSWEEPABLE:
+                raise ValueError(f"params.{key}: {key.split('.')[0]} cannot be swept; "
+                                 f"it decides where the sweep itself is recorded")
+            problem = space.problem()
+            if problem:
+                raise ValueError(f"params.{key}: {problem}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials < 0:
+            raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0 or null, got {self.time_budget_s}")
+        kinds = {key: space.type for key, space in self.params.items()}
+        if self.search.type == "grid":
+            ranged = [k for k, t in kinds.items() if t not in ("grid", "choice")]
+            if ranged:
+                raise ValueError(f"params.{ranged[0]}: search.type grid needs grid or choice "
+                                 f"spaces, not {kinds[ranged[0]]}; use search.type random or optuna")
+            if self.num_samples != 1:
+                raise ValueError("num_samples must be 1 for search.type grid: a repeated "
+                                 "config is the same run (sweep train.seed to repeat)")
+        if self.search.type == "optuna":
+            grids = [k for k, t in kinds.items() if t == "grid"]
+            if grids:
+                raise ValueError(f"params.{grids[0]}: search.type optuna samples, it does not "
+                                 "cross grids; use type choice")
+        if self.scheduler.type == "pbt":
+            if not any(t in ("uniform", "loguniform", "choice", "randint", "qrandint")
+                       for t in kinds.values()):
+                raise ValueError("scheduler.type pbt needs at least one non-grid space to perturb")
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: what to train, on what, how, and where its results go."""
 
@@ -205,6 +381,8 @@ class ExperimentConfig:
     """Checkpoint storage."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow tracking."""
+    sweep: SweepConfig | None = None
+    """A hyperparameter sweep over this experiment (`paralab sweep`); ignored by `paralab run`."""
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):

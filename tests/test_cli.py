@@ -23,6 +23,7 @@ def test_cli_surface_is_frozen():
     assert surface(build_parser()) == {
         "validate": ["--help", "file", "overrides"],
         "run": ["--create-bucket", "--help", "--restart", "file", "overrides"],
+        "sweep": ["--dry-run", "--help", "--resume", "--retry-errored", "file", "overrides"],
         "stack": ["--help", "action"],
         "ui": ["--help", "--host", "--port"],
     }
@@ -35,7 +36,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith(f"paralab {package_version()}+")
 
 
-@pytest.mark.parametrize("command", ["validate", "run", "stack", "ui"])
+@pytest.mark.parametrize("command", ["validate", "run", "sweep", "stack", "ui"])
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

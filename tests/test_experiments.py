@@ -9,7 +9,7 @@ import pytest
 from paralab.platform.config.load import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if "sweeps" not in p.parts)
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 
 def test_there_are_experiments():
@@ -20,3 +20,8 @@ def test_there_are_experiments():
 def test_experiment_validates(path):
     cfg = load_experiment(path)
     assert cfg.name
+    if "sweeps" in path.parts:
+        from paralab.platform.tune import check_params
+
+        assert cfg.sweep is not None, "a file under experiments/sweeps/ needs a sweep: section"
+        check_params(path, [], cfg.sweep)  # every swept key and value applies to the schema

@@ -1,0 +1,65 @@
+"""``paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored]``.
+
+The CLI's ``cmd_sweep`` calls :func:`sweep_command`; user errors are raised as the CLI's
+one-line error types (``ConfigError``, ``LaunchError``, ...) and printed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from rich.console import Console
+
+INTERRUPTED = 130
+
+
+def sweep_command(args: argparse.Namespace, console: Console, err_console: Console) -> int:
+    from paralab.platform.tune import display
+    from paralab.platform.tune.progress import Board
+    from paralab.platform.tune.sweep import concurrency, local_resources, plan_sweep, run_sweep
+
+    plan = plan_sweep(args.file, args.overrides)
+    if args.dry_run:
+        cpus, gpus = local_resources()
+        at_once = None if os.environ.get("RAY_ADDRESS") else concurrency(plan, cpus, gpus)
+        console.print(display.plan_table(plan, cpus, gpus, at_once))
+        return 0
+
+    board = Board(plan.sweep.metric, len(plan.trials), plan.cfg.train.steps)
+    keys = list(plan.sweep.params)
+
+    def on_event(message: str) -> None:
+        console.print(f"[cyan]paralab[/] {message}")
+
+    try:
+        with display.live(board, keys, console):
+            outcome = run_sweep(plan, resume=args.resume, retry_errored=args.retry_errored,
+                                board=board, on_event=on_event)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: resume with `paralab sweep {args.file} "
+                          f"{' '.join(args.overrides)} --resume`".replace("  ", " "))
+        return INTERRUPTED
+
+    console.print(display.summary_table(outcome))
+    if outcome.best is not None:
+        console.print(f"[bold]best[/]: {outcome.best.label}  {plan.sweep.metric} "
+                      f"{outcome.best.metric:.4g}  (MLflow run {outcome.best.run_id or '-'})",
+                      soft_wrap=True)
+        console.print(f"[bold]best config[/]: {outcome.best_yaml}", soft_wrap=True)
+        console.print(f"  train it, or find it complete:  paralab run {outcome.best_yaml}",
+                      soft_wrap=True)
+    console.print(f"summary: {outcome.output_dir / 'summary.csv'} (and summary.png)", soft_wrap=True)
+    console.print(f"MLflow: parent run {outcome.parent_run_id} in experiment {plan.experiment} "
+                  f"@ {outcome.tracking_uri}", soft_wrap=True)
+    resume = f"paralab sweep {args.file} {' '.join(args.overrides)}".rstrip()
+    if outcome.interrupted:
+        err_console.print(f"[yellow]interrupted[/]: resume with `{resume} --resume`")
+        return INTERRUPTED
+    errors = outcome.count("ERROR")
+    if errors:
+        err_console.print(f"[bold red]error:[/] {errors} trial(s) failed (first: "
+                          f"{next(t.error for t in outcome.trials if t.status == 'ERROR')}); "
+                          f"retry them with `{resume} --retry-errored`", soft_wrap=True)
+        return 1
+    return 0

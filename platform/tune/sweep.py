@@ -1,0 +1,570 @@
+"""The sweep driver: a Ray Tune experiment whose trials are paralab runs (Ray Train jobs).
+
+    plan = plan_sweep("experiments/sweeps/lr.yaml", ["train.steps=200"])  # no side effects
+    outcome = run_sweep(plan)                     # or run_sweep(plan, resume=True)
+
+Where things go, for a sweep ``<name>-<sweep id>`` (the id hashes the resolved experiment,
+``sweep:`` included, but not the code, so a sweep resumes across code edits):
+
+- Tune's state: ``<storage>/sweeps/<name>-<id>/`` (local or S3); ``--resume`` restores it.
+- Each trial: an ordinary run folder ``<storage>/<name>-<run identity>/``, found again by
+  identity, so an unfinished trial continues from its latest checkpoint.
+- MLflow: one parent run (tag ``paralab.sweep``), one child per distinct trial config.
+- ``best.yaml``, ``summary.csv`` and ``summary.png``: in the sweep folder (on S3 storage,
+  also in ``.paralab/sweeps/<name>-<id>/`` so that ``paralab run`` can read ``best.yaml``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+from paralab.platform.config.load import ConfigError, from_dict, load_experiment, to_dict, to_yaml
+from paralab.platform.config.schema import ExperimentConfig, SweepConfig, project_dir
+from paralab.platform.identity import NON_SEMANTIC, code_version, git_commit
+from paralab.platform.train.launch import LaunchError, init_ray
+from paralab.platform.tune import space as spaces
+from paralab.platform.tune.progress import Board, BoardCallback, active
+from paralab.platform.tune.trial import (
+    SWEEP_TAG,
+    TRIAL_TAG,
+    VALUES_TAG,
+    Claims,
+    TrialContext,
+    run_trial,
+)
+
+SWEEPS_DIR = "sweeps"
+DRIVER_RESOURCE = "TRAIN_DRIVER"
+"""Custom resource of trial drivers. A trial's driver only waits on its Ray Train job; taking
+a CPU for it starves the job's own workers on small machines (2 drivers on 2 CPUs)."""
+DRIVER_SHARE = 0.01
+RESOURCE_KEYS = ("train.workers", "train.cpus_per_worker", "train.use_gpu")
+STOPPED_TAG = "paralab.sweep.stopped_at_step"
+
+
+class _TrialErrorsInOneLine(logging.Filter):
+    """Tune logs a failed trial with its whole traceback; the sweep's summary names the error
+    in one line, and the traceback stays in the trial's ``error.txt``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Trial task failed"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+class FinishingASHA(ASHAScheduler):
+    """ASHA that never stops a trial at its last step.
+
+    Such a trial is finishing anyway, and stopping it would kill its trial actor before its
+    MLflow run is marked finished (ASHA stops every trial at ``max_t``, and its last rung may
+    fall on the last step).
+    """
+
+    def __init__(self, *, final_step: int, **kwargs: Any):
+        super().__init__(stop_last_trials=False, **kwargs)
+        self.final_step = final_step
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and result.get("step", 0) >= self.final_step:
+            return self.CONTINUE
+        return action
+
+
+@dataclass
+class Resources:
+    """What one trial's Ray Train job takes (the largest over the sweep's trials)."""
+
+    workers: int
+    cpus: float
+    gpus: int
+
+    def describe(self) -> str:
+        gpu = f" + {self.gpus} GPU" if self.gpus else ""
+        return f"{self.workers} worker(s), {self.cpus:g} CPU{gpu}"
+
+
+@dataclass
+class SweepPlan:
+    """A resolved sweep: its config, id, trials as listed before it starts, and resources."""
+
+    path: str
+    overrides: list[str]
+    cfg: ExperimentConfig
+    sweep_id: str
+    trials: list[dict[str, Any]]
+    """The trials' values (exact for grid/random; optuna: its first suggestions)."""
+    per_trial: Resources
+
+    @property
+    def sweep(self) -> SweepConfig:
+        assert self.cfg.sweep is not None
+        return self.cfg.sweep
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.name}-{self.sweep_id}"
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment that holds the parent and child runs."""
+        return self.cfg.tracking.experiment or self.cfg.name
+
+    @property
+    def exact(self) -> bool:
+        """The listed trials are exactly the ones that will run."""
+        return self.sweep.search.type != "optuna"
+
+    def trial_cfg(self, values: dict[str, Any]) -> ExperimentConfig:
+        """The experiment one trial runs, as ``paralab run`` would load it."""
+        tree = to_dict(self.cfg)
+        tree["sweep"] = None
+        return from_dict(spaces.apply(tree, values))
+
+
+def sweep_id(cfg: ExperimentConfig) -> str:
+    """Hash of what the sweep computes (the resolved experiment with its ``sweep``), not the code."""
+    tree = to_dict(cfg)
+    for dotted in NON_SEMANTIC:
+        if dotted == "sweep":
+            continue
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key) or {}
+        node.pop(leaf, None)
+    return "sweep-" + hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepPlan:
+    """Load and check a sweep without touching Ray, storage or MLflow (``--dry-run`` prints it)."""
+    cfg = load_experiment(path, overrides)
+    if cfg.sweep is None:
+        raise ConfigError(f"{path}: has no sweep: section; add one (see docs/sweeps.md) or use "
+                          "`paralab run` for a single run")
+    spaces.check_params(path, list(overrides), cfg.sweep)
+    plan = SweepPlan(str(path), list(overrides), cfg, sweep_id(cfg), [], Resources(0, 0, 0))
+    plan.trials = spaces.expand(cfg.sweep)
+    plan.per_trial = _largest_trial(plan)
+    _refuse_pbt(plan)
+    return plan
+
+
+def _largest_trial(plan: SweepPlan) -> Resources:
+    candidates = [plan.cfg]
+    swept = [k for k in plan.sweep.params if k in RESOURCE_KEYS]
+    if swept:
+        probes = {k: spaces.probe_values(plan.sweep.params[k]) for k in swept}
+        candidates += [plan.trial_cfg({k: v}) for k, values in probes.items() for v in values]
+        candidates += [plan.trial_cfg({k: t[k] for k in swept}) for t in plan.trials]
+    workers = max(c.train.workers for c in candidates)
+    cpus = max(c.train.workers * c.train.cpus_per_worker for c in candidates)
+    gpus = max(c.train.workers if c.train.use_gpu else 0 for c in candidates)
+    return Resources(workers, cpus, gpus)
+
+
+def concurrency(plan: SweepPlan, cpus: float, gpus: float) -> int:
+    """Trials that fit at once on a cluster of ``cpus``/``gpus``, capped by the sweep's setting."""
+    need = plan.per_trial
+    fit = math.floor(cpus / need.cpus + 1e-9)
+    if need.gpus:
+        fit = min(fit, math.floor(gpus / need.gpus + 1e-9))
+    if fit < 1:
+        gpu = f" and {gpus:g} GPUs" if need.gpus else ""
+        raise LaunchError(
+            f"one trial needs {need.describe()} but this Ray cluster has {cpus:g} CPUs{gpu}; "
+            "lower train.workers or train.cpus_per_worker"
+        )
+    wanted = plan.sweep.max_concurrent_trials
+    return min(wanted, fit) if wanted else fit
+
+
+def local_resources() -> tuple[float, float]:
+    """CPUs and GPUs of the cluster ``paralab sweep`` would start here (for ``--dry-run``)."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPUs
+        gpus = 0
+    return float(os.cpu_count() or 1), float(gpus)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended, as the summary table, CSV and plot show it."""
+
+    trial_id: str
+    values: dict[str, Any]
+    status: str
+    """FINISHED, STOPPED (early, by the scheduler or the time budget), ERROR, INTERRUPTED or PENDING."""
+    step: int | None = None
+    metric: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    identity: str | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return spaces.trial_label(self.values)
+
+
+@dataclass
+class SweepOutcome:
+    plan: SweepPlan
+    trials: list[TrialOutcome]
+    best: TrialOutcome | None
+    best_yaml: Path | None
+    output_dir: Path
+    """Local folder holding best.yaml, summary.csv and summary.png."""
+    state_path: str
+    """Tune's experiment folder (local path or bucket/prefix), which ``--resume`` restores."""
+    parent_run_id: str
+    tracking_uri: str
+    interrupted: bool
+    wall_s: float
+
+    def count(self, status: str) -> int:
+        return sum(t.status == status for t in self.trials)
+
+
+def _driver_resources(cluster: dict[str, float]) -> dict[str, float]:
+    if cluster.get(DRIVER_RESOURCE):
+        return {"CPU": 0, DRIVER_RESOURCE: DRIVER_SHARE}
+    # A cluster started without the resource (ray start --resources='{"TRAIN_DRIVER": 100}').
+    return {"CPU": DRIVER_SHARE}
+
+
+def _trial_name(trial) -> str:
+    return spaces.trial_label(trial.config)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _scheduler(plan: SweepPlan):
+    sc = plan.sweep.scheduler
+    if sc.type == "asha":
+        # Reports carry the optimizer step, so rungs are in steps whatever eval_every is.
+        return FinishingASHA(final_step=plan.cfg.train.steps, time_attr="step",
+                             max_t=sc.max_t or plan.cfg.train.steps, grace_period=sc.grace_period,
+                             reduction_factor=sc.reduction_factor, brackets=sc.brackets)
+    return None
+
+
+def _refuse_pbt(plan: SweepPlan) -> None:
+    if plan.sweep.scheduler.type == "pbt":
+        raise LaunchError(
+            "sweep.scheduler.type=pbt cannot run yet: on Ray 2.60 a Ray Train (V2) job reports "
+            "metrics to Tune but not checkpoints, and PBT needs them to copy weights between "
+            "trials; use asha (or fifo)"
+        )
+
+
+def _search(plan: SweepPlan, at_once: int | None):
+    """The search algorithm, and the concurrency to give TuneConfig (which it only applies to
+    Searchers such as Optuna's; the basic generator takes its own)."""
+    if plan.sweep.search.type == "optuna":
+        return spaces.optuna_search(plan.sweep), at_once
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=plan.sweep.search.seed, max_concurrent=at_once or 0), None
+
+
+def _storage(plan: SweepPlan):
+    from paralab.platform.storage import Storage
+
+    storage = Storage.from_config(plan.cfg.storage)
+    storage.preflight()
+    root, fs = storage.ray_storage()
+    return storage, root.rstrip("/"), fs
+
+
+def _parent_tracker(plan: SweepPlan, state_uri: str):
+    from paralab.platform.tracking.mlflow import Tracker, flatten
+
+    tags = {SWEEP_TAG: plan.sweep_id, "paralab.kind": "sweep", "paralab.code_version": code_version(),
+            "paralab.storage": state_uri, "paralab.sweep.search": plan.sweep.search.type,
+            "paralab.sweep.scheduler": plan.sweep.scheduler.type}
+    if git_commit():
+        tags["mlflow.source.git.commit"] = git_commit()
+    tracker, reopened = Tracker.open(plan.cfg.tracking, plan.experiment, plan.sweep_id, 0,
+                                     run_name=f"{plan.cfg.name} sweep", tags=tags)
+    tracker.log_params(flatten({"sweep": to_dict(plan.sweep)}))
+    tracker.log_params({"sweep.keys": ",".join(plan.sweep.params)})
+    tracker.log_text(to_yaml(plan.cfg), "sweep.yaml")
+    return tracker, reopened
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    resume: bool = False,
+    retry_errored: bool = False,
+    board: Board | None = None,
+    on_event: Callable[[str], None] = lambda message: None,
+) -> SweepOutcome:
+    """Run (or resume) the sweep to the end, or until interrupted; then summarise it."""
+    import pyarrow.fs as pafs
+    import ray
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console output, at verbose=0: none
+
+    from paralab.platform.data import prepare
+    from paralab.platform.tracking.mlflow import tracking_uri
+
+    started = time.monotonic()
+    resume = resume or retry_errored
+    storage, root, fs = _storage(plan)
+    sweeps_root = f"{root}/{SWEEPS_DIR}"
+    state_path = f"{sweeps_root}/{plan.name}"
+    state_uri = storage.uri_of(SWEEPS_DIR, plan.name)
+    exists = tune.Tuner.can_restore(state_path, storage_filesystem=fs)
+    if resume and not exists:
+        raise LaunchError(f"nothing to resume: no sweep state at {state_uri}; run the same "
+                          "command without --resume to start the sweep")
+    if exists and not resume:
+        raise LaunchError(f"this sweep already ran at {state_uri}; pass --resume to continue it "
+                          "(finished trials are kept), or change the sweep to start another")
+
+    # Everything that can fail on bad input fails here, before anything is recorded.
+    on_event("preparing data")
+    data_key = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url).key
+    on_event("starting Ray" if not os.environ.get("RAY_ADDRESS") else "joining the Ray cluster")
+    init_ray(resources={DRIVER_RESOURCE: 1})
+    cluster = ray.cluster_resources()
+    if os.environ.get("RAY_ADDRESS"):
+        at_once = plan.sweep.max_concurrent_trials or None  # an autoscaler may add nodes
+    else:
+        at_once = concurrency(plan, cluster.get("CPU", 0), cluster.get("GPU", 0))
+    scheduler = _scheduler(plan)
+
+    parent, _ = _parent_tracker(plan, state_uri)
+    base = to_dict(plan.cfg)
+    base["sweep"] = None
+    base["tracking"]["uri"] = tracking_uri(plan.cfg.tracking)
+    base["storage"]["uri"] = storage.uri
+    if not base["data"]["cache_dir"]:  # trial actors need not share the driver's cwd
+        from paralab.platform.data import default_cache_root
+
+        base["data"]["cache_dir"] = str(default_cache_root())
+    context = TrialContext(
+        base=base, sweep_id=plan.sweep_id, parent_run_id=parent.run_id, data_key=data_key,
+        data_swept=any(k.startswith("data.") for k in plan.sweep.params),
+        claims=f"paralab-claims-{plan.sweep_id}",
+    )
+    claims = Claims.options(name=context.claims, get_if_exists=True).remote()
+    board = board or Board(plan.sweep.metric, len(plan.trials), plan.cfg.train.steps)
+
+    def on_trial_end(trial_id: str, errored: bool) -> None:
+        claims.release.remote(trial_id)
+        row = board.rows.get(trial_id)
+        if row is not None and not errored:
+            _settle_child(parent, trial_id, row.values, row.step)
+
+    board.on_trial_end = on_trial_end
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                    _driver_resources(cluster))
+    search, searcher_at_once = _search(plan, at_once)
+    if resume:
+        on_event(f"resuming sweep {plan.name} from {state_uri}")
+        tuner = tune.Tuner.restore(state_path, trainable, resume_unfinished=True,
+                                   resume_errored=retry_errored, storage_filesystem=fs)
+    else:
+        on_event(f"sweep {plan.name}: {len(plan.trials)} trial(s), up to "
+                 f"{at_once or 'as many as fit'} at a time, each {plan.per_trial.describe()}")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spaces.param_space(plan.sweep),
+            tune_config=tune.TuneConfig(
+                metric=plan.sweep.metric, mode=plan.sweep.mode, search_alg=search,
+                scheduler=scheduler, num_samples=plan.sweep.num_samples,
+                max_concurrent_trials=searcher_at_once, time_budget_s=plan.sweep.time_budget_s,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=plan.name, storage_path=sweeps_root, storage_filesystem=fs,
+                callbacks=[BoardCallback()], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    active(board)
+    quiet = _TrialErrorsInOneLine()
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    tune_log.addFilter(quiet)
+    fit_started = time.monotonic()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        _close_children(parent, {})
+        parent.finish("KILLED")
+        raise
+    finally:
+        active(None)
+        tune_log.removeFilter(quiet)
+    fit_s = time.monotonic() - fit_started
+
+    # Tune's ResultGrid does not expose trial status; its analysis holds the Trial objects.
+    trials = [_outcome(plan, t) for t in grid._experiment_analysis.trials]
+    budget_spent = bool(plan.sweep.time_budget_s and fit_s >= plan.sweep.time_budget_s)
+    expected = len(plan.trials) if plan.exact else plan.sweep.num_samples
+    unfinished = any(t.status in ("INTERRUPTED", "PENDING") for t in trials)
+    interrupted = not budget_spent and (unfinished or len(trials) < expected)
+    _link_runs(parent, trials)
+    _close_children(parent, {t.run_id: t for t in trials if t.run_id})
+    best = _best(plan, trials)
+
+    from paralab.platform.tune import summary
+
+    output_dir = Path(state_path) if fs is None else project_dir() / ".paralab" / SWEEPS_DIR / plan.name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = summary.write(plan, trials, best, output_dir)
+    best_yaml = files.get("best.yaml")
+    if fs is not None and not isinstance(fs, pafs.LocalFileSystem):
+        for name, path in files.items():
+            storage.write_bytes(f"{SWEEPS_DIR}/{plan.name}/{name}", path.read_bytes())
+    for path in files.values():
+        parent.log_artifact(path)
+    _record_parent(parent, plan, trials, best)
+    if interrupted:
+        parent.finish("KILLED")
+    elif trials and all(t.status == "ERROR" for t in trials):
+        parent.finish("FAILED")
+    else:
+        parent.finish()
+    return SweepOutcome(plan, trials, best, best_yaml, output_dir, state_uri, parent.run_id,
+                        parent.uri, interrupted, time.monotonic() - started)
+
+
+def _outcome(plan: SweepPlan, trial) -> TrialOutcome:
+    values = {k: spaces.plain(v) for k, v in trial.config.items()}
+    result = trial.last_result or {}
+    step = int(result["step"]) if "step" in result else None
+    metric = result.get(plan.sweep.metric)
+    if trial.status == "TERMINATED":
+        status = "FINISHED" if step is not None and step >= plan.cfg.train.steps else "STOPPED"
+    elif trial.status == "ERROR":
+        status = "ERROR"
+    elif trial.status == "PENDING" and step is None:
+        status = "PENDING"
+    else:
+        status = "INTERRUPTED"
+    metrics = {k: float(v) for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    error = _trial_error(trial) if trial.status == "ERROR" else None
+    return TrialOutcome(trial.trial_id, values, status, step,
+                        float(metric) if isinstance(metric, (int, float)) else None,
+                        metrics, None, None, error)
+
+
+def _trial_error(trial) -> str:
+    """The last line of a failed trial's error (Tune keeps it in the trial's folder)."""
+    text = ""
+    try:
+        text = str(trial.get_pickled_error() or "")
+        if not text and trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text()
+    except Exception:  # noqa: BLE001 - an unreadable error still counts as a failure
+        pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "failed (see error.txt in the trial's folder)"
+
+
+def _children(parent) -> list[Any]:
+    exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+    return parent.client.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+
+
+def _child_of(runs: list[Any], trial_id: str, values: dict[str, Any]) -> Any | None:
+    """The child run a trial wrote to: tagged with its id, else (a trial whose config equals an
+    earlier one's, so the same run) with its values. Never by recomputing the identity: the
+    driver may hash other code than the trial did."""
+    for run in runs:
+        if run.data.tags.get(TRIAL_TAG) == trial_id:
+            return run
+    for run in runs:
+        try:
+            if json.loads(run.data.tags.get(VALUES_TAG, "null")) == values:
+                return run
+        except ValueError:
+            continue
+    return None
+
+
+def _link_runs(parent, trials: list[TrialOutcome]) -> None:
+    from paralab.platform.tracking.mlflow import IDENTITY_TAG
+
+    runs = _children(parent)
+    for trial in trials:
+        run = _child_of(runs, trial.trial_id, trial.values)
+        if run is not None:
+            trial.run_id, trial.identity = run.info.run_id, run.data.tags.get(IDENTITY_TAG)
+
+
+def _settle_child(parent, trial_id: str, values: dict[str, Any], step: int | None) -> None:
+    """Mark the child run of a trial that Tune stopped, if its actor died before it could.
+
+    Called when Tune reports the trial complete: a run that finished on its own is already
+    FINISHED; one still RUNNING (or FAILED by the stop) was stopped."""
+    run = _child_of(_children(parent), trial_id, values)
+    if run is not None and run.info.status in ("RUNNING", "FAILED"):
+        if step is not None:
+            parent.client.set_tag(run.info.run_id, STOPPED_TAG, str(step))
+        parent.client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _close_children(parent, trials: dict[str, TrialOutcome]) -> None:
+    """Child runs left RUNNING by trials that Tune stopped or that the interrupt killed (or
+    marked FAILED by a trial dying of Tune's stop)."""
+    for run in _children(parent):
+        trial = trials.get(run.info.run_id)
+        stopped = trial is not None and trial.status == "STOPPED"
+        if run.info.status != "RUNNING" and not (stopped and run.info.status == "FAILED"):
+            continue
+        if stopped and trial.step is not None:
+            parent.client.set_tag(run.info.run_id, STOPPED_TAG, str(trial.step))
+        parent.client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _best(plan: SweepPlan, trials: list[TrialOutcome]) -> TrialOutcome | None:
+    scored = [t for t in trials if t.metric is not None and math.isfinite(t.metric)]
+    finished = [t for t in scored if t.status == "FINISHED"]
+    pool = finished or scored
+    if not pool:
+        return None
+    sign = 1 if plan.sweep.mode == "min" else -1
+    return min(pool, key=lambda t: sign * t.metric)
+
+
+def _record_parent(parent, plan: SweepPlan, trials: list[TrialOutcome], best: TrialOutcome | None) -> None:
+    counts = {s: sum(t.status == s for t in trials)
+              for s in ("FINISHED", "STOPPED", "ERROR", "INTERRUPTED", "PENDING")}
+    metrics = {f"trials_{s.lower()}": float(n) for s, n in counts.items()}
+    tags: dict[str, Any] = {}
+    if best is not None:
+        metrics[f"best_{plan.sweep.metric}"] = best.metric
+        tags.update({"paralab.sweep.best_trial": best.label,
+                     "paralab.sweep.best_values": json.dumps(best.values)})
+        if best.run_id:
+            tags["paralab.sweep.best_run_id"] = best.run_id
+    parent.log_metrics(metrics, step=len(trials))
+    if tags:
+        parent.set_tags(tags)

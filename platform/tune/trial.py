@@ -1,0 +1,138 @@
+"""What one Tune trial runs: a planned paralab run (its own identity, folder and MLflow child run).
+
+The trial function runs in a Tune trial actor, which is the driver of one Ray Train job. It
+builds the run's config from the sweep's base tree and the trial's values, then does what
+``paralab run`` does with ``launch.plan_run`` … ``finish_run``, with two differences: the
+MLflow run is a child of the sweep's parent run, and Ray Train's reports reach Tune through
+``TuneReportCallback``. Because the run is addressed by its identity, a trial restarted after
+an interruption reopens the same folder (Ray Train resumes from its latest checkpoint) and the
+same MLflow child run, and a trial whose run is already complete reports its final metrics
+without training again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+SWEEP_TAG = "paralab.sweep"
+"""MLflow tag on the parent and every child run: the sweep's id."""
+TRIAL_TAG = "paralab.trial"
+"""MLflow tag on a child run: the Tune trial id that trained it."""
+VALUES_TAG = "paralab.sweep.values"
+"""MLflow tag on a child run: its swept values as JSON."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs from the sweep's driver; plain data, shipped to the trial actor."""
+
+    base: dict[str, Any]
+    """The resolved experiment tree without ``sweep``, storage and tracking URIs made absolute."""
+    sweep_id: str
+    parent_run_id: str
+    data_key: str
+    """Key of the shards the driver prepared for the base ``data`` section."""
+    data_swept: bool
+    """A ``data.*`` key is swept: each trial prepares (or finds) its own shards."""
+    claims: str
+    """Name of the :class:`Claims` actor that keeps two trials off one run folder."""
+
+
+@ray.remote(num_cpus=0)
+class Claims:
+    """Which trial holds which run identity: two trials with equal configs are one run.
+
+    The second waits until the first is done, then finds the run complete and reports it.
+    The driver releases a trial's claims when Tune says the trial ended, however it ended.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+
+    def claim(self, identity: str, trial_id: str) -> bool:
+        holder = self.held.setdefault(identity, trial_id)
+        return holder == trial_id
+
+    def release(self, trial_id: str) -> None:
+        self.held = {i: t for i, t in self.held.items() if t != trial_id}
+
+
+@contextlib.contextmanager
+def _claim(name: str, identity: str, trial_id: str) -> Iterator[None]:
+    try:
+        claims = ray.get_actor(name)
+    except ValueError:  # no driver-side registry (e.g. a test calling the function bare)
+        yield
+        return
+    while not ray.get(claims.claim.remote(identity, trial_id)):
+        time.sleep(2.0)
+    try:
+        yield
+    finally:
+        claims.release.remote(trial_id)
+
+
+def trial_config(context: TrialContext, values: dict[str, Any]):
+    from paralab.platform.config.load import from_dict
+    from paralab.platform.tune.space import apply
+
+    return from_dict(apply(context.base, values))
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune's trainable: train one config as a paralab run under the sweep's parent MLflow run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from paralab.platform.train import launch
+    from paralab.platform.tune.space import plain, trial_label
+
+    values = {key: plain(value) for key, value in config.items()}
+    cfg = trial_config(context, values)
+    trial_id = tune.get_context().get_trial_id()
+    identity = launch.plan_run(cfg).identity
+    with _claim(context.claims, identity, trial_id):
+        plan = launch.plan_run(cfg)  # again: a trial with the same config may have finished it
+        tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id)
+        tracker.set_tags({
+            "mlflow.runName": trial_label(values), SWEEP_TAG: context.sweep_id,
+            TRIAL_TAG: trial_id, VALUES_TAG: json.dumps(values),
+        })
+        if plan.resumed_from == cfg.train.steps:
+            # Complete already (an earlier attempt, or an equal config): report, do not retrain.
+            metrics = tracker.client.get_run(tracker.run_id).data.metrics
+            tracker.finish()
+            tune.report({**metrics, "step": cfg.train.steps})
+            return
+        launch.record_start(cfg, plan, tracker)
+        data_key = context.data_key
+        if context.data_swept:
+            from paralab.platform.data import prepare
+
+            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url).key
+        trainer = launch.build_trainer(cfg, plan, tracker, data_key, callbacks=[TuneReportCallback()])
+        try:
+            result = trainer.fit()
+        except BaseException:
+            # A trial that Tune stops (ASHA, time budget, Ctrl-C) dies here too; it did not fail.
+            tracker.finish("KILLED" if _stopping() else "FAILED")
+            raise
+        launch.finish_run(cfg, plan, tracker, result)
+
+
+def _stopping() -> bool:
+    """Whether Tune has asked this trial to stop (its session's stop event is set)."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return bool(session and session.stop_event.is_set())
+    except Exception:  # noqa: BLE001 - an internal API: when in doubt, report a failure
+        return False

@@ -1,0 +1,204 @@
+"""Sweep specs without Ray: the schema, the loader-based key checks, trial listing and seeding.
+
+A bad space fails before anything starts, as one line and exit status 2; ``--dry-run`` lists
+the trials exactly; the same seed suggests the same trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_paralab
+
+from paralab.platform.cli import main
+from paralab.platform.config.load import ConfigError, load_experiment
+from paralab.platform.config.schema import SearchConfig, SpaceConfig, SweepConfig
+from paralab.platform.tune import expand, optuna_suggestions, plan_sweep, sweep_id, trial_label
+from paralab.platform.tune.space import apply
+
+SWEEPS = ROOT / "experiments" / "sweeps"
+
+BAD_SPACES = {
+    "unknown-key": ("train.lrr: {type: grid, values: [0.1]}",
+                    "sweep.params.train.lrr=0.1: train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?"),
+    "unknown-section": ("optim.lr: {type: grid, values: [0.1]}", "sweep.params.optim.lr=0.1"),
+    "wrong-type-string": ("train.lr: {type: choice, values: [fast, slow]}",
+                          "sweep.params.train.lr=\"fast\": train.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    "float-for-int": ("model.newton_iters: {type: uniform, low: 1, high: 4}",
+                      "of type 'float' could not be converted to Integer"),
+    "out-of-range": ("train.lr: {type: uniform, low: -0.1, high: 0.1}",
+                     "sweep.params.train.lr=-0.1: train.lr must be > 0"),
+    "unknown-cell": ("model.cell: {type: grid, values: [paragru, gru]}",
+                     "model.cell='gru' is unknown"),
+    "low-above-high": ("train.lr: {type: uniform, low: 0.1, high: 0.01}",
+                       "sweep.params.train.lr: low must be < high, got low=0.1 high=0.01"),
+    "loguniform-zero": ("train.lr: {type: loguniform, low: 0, high: 0.1}",
+                        "sweep.params.train.lr: low must be > 0 for loguniform, got 0"),
+    "empty-grid": ("model.cell: {type: grid, values: []}",
+                   "sweep.params.model.cell: grid needs a non-empty values list"),
+    "unknown-space-type": ("train.lr: {type: normal, low: 0.1, high: 0.2}",
+                           "sweep.params.train.lr: type must be one of"),
+    "space-typo": ("train.lr: {type: uniform, low: 0.1, hihg: 0.2}",
+                   "sweep.params.train.lr.hihg: Key 'hihg' not in 'SpaceConfig'"),
+    "randint-fraction": ("model.n_layers: {type: randint, low: 1.5, high: 4}",
+                         "low and high must be integers for randint"),
+    "qrandint-step": ("model.d_model: {type: qrandint, low: 32, high: 100, q: 32}",
+                      "low and high must be multiples of q=32"),
+    "sweeping-storage": ("storage.uri: {type: grid, values: [a, b]}",
+                         "sweep.params.storage.uri: storage cannot be swept"),
+    "clashing-combination": ("model.heads: {type: grid, values: [2, 3]}\n    model.d_model: {type: grid, values: [64, 96]}",
+                             "sweep.params combination model.heads=3 model.d_model=64: model.heads=3 must divide d_model=64"),
+}
+
+
+def sweep_file(tmp_path: Path, params: str, extra: str = "") -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: t\nmodel: {{d_model: 96, heads: 2}}\nsweep:\n  {extra}params:\n    {params}\n")
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_SPACES), ids=list(BAD_SPACES))
+def test_bad_space_is_one_line_and_exit_2(case, tmp_path, capsys):
+    params, expected = BAD_SPACES[case]
+    path = sweep_file(tmp_path, params)
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {path}"), err
+    assert expected in err
+
+
+def test_bad_space_through_the_real_cli(tmp_path):
+    """The installed entry point: exit 2, one line, no traceback, nothing started or written."""
+    path = sweep_file(tmp_path, "train.lr: {type: loguniform, low: 0, high: 0.1}")
+    proc = run_paralab(tmp_path / "home", "sweep", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "low must be > 0 for loguniform" in proc.stderr
+    assert not (tmp_path / "home" / ".paralab").exists()
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("search: {type: grid}\n  ", "search.type grid needs grid or choice spaces"),
+    ("search: {type: optuna}\n  ", "search.type optuna samples, it does not cross grids"),
+    ("metric: ''\n  ", "sweep.metric must be a reported metric name"),
+    ("mode: maximum\n  ", "sweep.mode must be min or max"),
+    ("scheduler: {type: hyperband}\n  ", "sweep.scheduler.type must be one of ('fifo', 'asha', 'pbt')"),
+    ("scheduler: {type: asha, grace_period: 0}\n  ", "sweep.scheduler.grace_period must be >= 1"),
+    ("num_samples: 0\n  ", "sweep.num_samples must be >= 1"),
+])
+def test_bad_sweep_settings(extra, expected, tmp_path):
+    path = sweep_file(tmp_path, "model.newton_iters: {type: randint, low: 1, high: 4}\n    "
+                      "model.cell: {type: grid, values: [paragru]}", extra)
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(path)
+    assert expected in str(info.value)
+
+
+def test_pbt_is_refused_before_anything_starts(tmp_path, capsys):
+    path = sweep_file(tmp_path, "train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}",
+                      "scheduler: {type: pbt}\n  ")
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert "sweep.scheduler.type=pbt cannot run yet" in capsys.readouterr().err
+
+
+def test_validate_checks_sweep_params(tmp_path, capsys):
+    path = sweep_file(tmp_path, "train.lrr: {type: grid, values: [0.1]}")
+    assert main(["validate", str(path)]) == 2
+    assert "Did you mean: 'lr'?" in capsys.readouterr().err
+
+
+def test_a_file_without_a_sweep_section(capsys):
+    assert main(["sweep", str(ROOT / "experiments" / "quickstart.yaml"), "--dry-run"]) == 2
+    assert "has no sweep: section" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_grid_exactly(capsys):
+    assert main(["sweep", str(SWEEPS / "newton_iters.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("│")[1:4] for line in out.splitlines() if line.startswith("│")]
+    listed = [(int(n.strip()), int(iters.strip()), cell.strip()) for n, iters, cell in rows]
+    grid = list(itertools.product([1, 2, 3, 4], ["paragru", "paralstm"]))
+    assert listed == [(i, iters, cell) for i, (iters, cell) in enumerate(grid, 1)]
+    assert "8 trial(s), search grid" in out and "2 worker(s), 2 CPU" in out
+
+
+def test_dry_run_of_overridden_grid_and_resources(capsys):
+    overrides = ["sweep.params[model.d_model].values=[16,32]", "train.workers=1",
+                 "train.cpus_per_worker=0.5", "sweep.max_concurrent_trials=3"]
+    assert main(["sweep", str(SWEEPS / "scale.yaml"), *overrides, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 trial(s)" in out and "1 x 0.5 CPU" in out
+    assert "up to 3 trial(s) at a time" in out
+
+
+def test_a_trial_too_big_for_the_machine(capsys):
+    assert main(["sweep", str(SWEEPS / "scale.yaml"), "train.workers=64",
+                 "train.batch_size=64", "--dry-run"]) == 2
+    assert "one trial needs 64 worker(s), 64 CPU" in capsys.readouterr().err
+
+
+def test_random_search_is_seeded():
+    sweep = SweepConfig(params={"train.lr": SpaceConfig("loguniform", low=1e-4, high=1e-1),
+                                "model.cell": SpaceConfig("grid", ["paragru", "paralstm"])},
+                        num_samples=3)
+    first, again = expand(sweep), expand(sweep)
+    assert first == again and len(first) == 6
+    assert [t["model.cell"] for t in first] == ["paragru", "paralstm"] * 3
+    assert all(1e-4 <= t["train.lr"] <= 1e-1 for t in first)
+    sweep.search.seed = 1
+    assert expand(sweep) != first
+
+
+def test_optuna_suggestions_are_seeded():
+    params = {"train.lr": SpaceConfig("loguniform", low=1e-4, high=1e-1),
+              "model.cell": SpaceConfig("choice", ["paragru", "paralstm"]),
+              "model.newton_iters": SpaceConfig("randint", low=1, high=4),
+              "model.d_model": SpaceConfig("qrandint", low=32, high=128, q=32)}
+    sweep = SweepConfig(params=params, search=SearchConfig("optuna", seed=7), num_samples=6)
+    first, again = optuna_suggestions(sweep, 6), optuna_suggestions(sweep, 6)
+    assert first == again
+    assert {t["model.newton_iters"] for t in first} <= {1, 2, 3, 4}  # inclusive ends
+    assert {t["model.d_model"] for t in first} <= {32, 64, 96, 128}
+    sweep.search.seed = 8
+    assert optuna_suggestions(sweep, 6) != first
+
+
+def test_optuna_dry_run_is_reproducible(capsys):
+    args = ["sweep", str(SWEEPS / "lr.yaml"), "sweep.search.type=optuna", "sweep.search.seed=3",
+            "sweep.num_samples=5", "--dry-run"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert "optuna: the first 5 suggestions before any result" in first
+
+
+def test_sweep_id_ignores_where_results_go_but_not_the_sweep():
+    path = SWEEPS / "lr.yaml"
+    base = load_experiment(path)
+    assert sweep_id(load_experiment(path, ["storage.uri=/elsewhere", "train.log_every=5"])) == sweep_id(base)
+    assert sweep_id(load_experiment(path, ["sweep.num_samples=3"])) != sweep_id(base)
+    assert sweep_id(load_experiment(path, ["train.steps=10"])) != sweep_id(base)
+
+
+def test_trial_configs_match_paralab_run():
+    """A trial is the file without `sweep:` plus its values: the identity `paralab run` gives it."""
+    from paralab.platform.identity import run_identity
+
+    plan = plan_sweep(SWEEPS / "newton_iters.yaml")
+    values = plan.trials[3]
+    assert trial_label(values) == "newton_iters=2,cell=paralstm"
+    cfg = plan.trial_cfg(values)
+    assert cfg.sweep is None and cfg.model.newton_iters == 2 and cfg.model.cell == "paralstm"
+    as_run = load_experiment(SWEEPS / "newton_iters.yaml",
+                             ["model.newton_iters=2", "model.cell=paralstm"])
+    assert run_identity(cfg) == run_identity(as_run)  # `sweep:` is not part of a run's identity
+
+
+def test_apply_sets_nested_keys_without_touching_the_base():
+    base = {"train": {"lr": 1.0, "betas": [0.9, 0.95]}, "model": {"cell": "paragru"}}
+    out = apply(base, {"train.lr": 0.5, "train.betas": [0.8, 0.9]})
+    assert out["train"] == {"lr": 0.5, "betas": [0.8, 0.9]} and base["train"]["lr"] == 1.0

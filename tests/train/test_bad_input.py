@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-
-from conftest import QUICKSTART, mlflow_at, runs_of
+from paralab_testing import QUICKSTART, mlflow_at, runs_of
 
 TINY = ["name=bad", "model.d_model=32", "model.n_layers=1", "model.heads=2", "data.seq_len=32",
         "data.max_tokens=20000", "train.steps=2", "train.batch_size=2", "train.workers=1"]

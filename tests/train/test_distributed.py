@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 import pytest
+from paralab_testing import QUICKSTART, metric_by_step, mlflow_at, run_paralab, runs_of
 
-from conftest import QUICKSTART, metric_by_step, mlflow_at, run_paralab, runs_of
 from paralab.platform.config.load import load_experiment
 from paralab.platform.data import prepare
 from paralab.platform.train.loop import NoHooks, Trainer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 import torch
+from paralab_testing import QUICKSTART, metric_by_step, mlflow_at, run_paralab, runs_of
 
-from conftest import QUICKSTART, metric_by_step, mlflow_at, run_paralab, runs_of
 from paralab.models.factory import build_model
 from paralab.platform.config.load import load_experiment
 from paralab.platform.train import checkpoint as ckpt

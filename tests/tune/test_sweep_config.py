@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_paralab
+from paralab_testing import ROOT, run_paralab
 
 from paralab.platform.cli import main
 from paralab.platform.config.load import ConfigError, load_experiment

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, metric_by_step, mlflow_at, run_paralab, runs_of
+from paralab_testing import ROOT, metric_by_step, mlflow_at, run_paralab, runs_of
 
 from paralab.platform.config.load import load_experiment
 from paralab.platform.tune import plan_sweep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from types import SimpleNamespace
 
-from conftest import ROOT
+from paralab_testing import ROOT
 from rich.console import Console
 
 from paralab.platform.config.load import load_experiment

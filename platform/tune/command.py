@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 
 from rich.console import Console
+from rich.markup import escape
 
 INTERRUPTED = 130
 
@@ -30,20 +32,20 @@ def sweep_command(args: argparse.Namespace, console: Console, err_console: Conso
     keys = list(plan.sweep.params)
 
     def on_event(message: str) -> None:
-        console.print(f"[cyan]paralab[/] {message}")
+        console.print(f"[cyan]paralab[/] {escape(message)}", soft_wrap=True)
 
+    resume = escape(shlex.join(["paralab", "sweep", args.file, *args.overrides]))
     try:
         with display.live(board, keys, console):
             outcome = run_sweep(plan, resume=args.resume, retry_errored=args.retry_errored,
                                 board=board, on_event=on_event)
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: resume with `paralab sweep {args.file} "
-                          f"{' '.join(args.overrides)} --resume`".replace("  ", " "))
+        err_console.print(f"[yellow]interrupted[/]: resume with `{resume} --resume`", soft_wrap=True)
         return INTERRUPTED
 
     console.print(display.summary_table(outcome))
     if outcome.best is not None:
-        console.print(f"[bold]best[/]: {outcome.best.label}  {plan.sweep.metric} "
+        console.print(f"[bold]best[/]: {escape(outcome.best.label)}  {plan.sweep.metric} "
                       f"{outcome.best.metric:.4g}  (MLflow run {outcome.best.run_id or '-'})",
                       soft_wrap=True)
         console.print(f"[bold]best config[/]: {outcome.best_yaml}", soft_wrap=True)
@@ -52,14 +54,13 @@ def sweep_command(args: argparse.Namespace, console: Console, err_console: Conso
     console.print(f"summary: {outcome.output_dir / 'summary.csv'} (and summary.png)", soft_wrap=True)
     console.print(f"MLflow: parent run {outcome.parent_run_id} in experiment {plan.experiment} "
                   f"@ {outcome.tracking_uri}", soft_wrap=True)
-    resume = f"paralab sweep {args.file} {' '.join(args.overrides)}".rstrip()
     if outcome.interrupted:
-        err_console.print(f"[yellow]interrupted[/]: resume with `{resume} --resume`")
+        err_console.print(f"[yellow]interrupted[/]: resume with `{resume} --resume`", soft_wrap=True)
         return INTERRUPTED
     errors = outcome.count("ERROR")
     if errors:
-        err_console.print(f"[bold red]error:[/] {errors} trial(s) failed (first: "
-                          f"{next(t.error for t in outcome.trials if t.status == 'ERROR')}); "
+        first = escape(next(t.error or "" for t in outcome.trials if t.status == "ERROR"))
+        err_console.print(f"[bold red]error:[/] {errors} trial(s) failed (first: {first}); "
                           f"retry them with `{resume} --retry-errored`", soft_wrap=True)
         return 1
     return 0

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,7 +42,7 @@ def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None) -
         cfg = plan.trial_cfg(values)
         gpu = f" + {cfg.train.workers} GPU" if cfg.train.use_gpu else ""
         resources = f"{cfg.train.workers} x {cfg.train.cpus_per_worker:g} CPU{gpu}"
-        table.add_row(str(index), *(format_value(values[k]) for k in sweep.params), resources)
+        table.add_row(str(index), *(escape(format_value(values[k])) for k in sweep.params), resources)
     notes = []
     if not plan.exact:
         notes.append(f"optuna: the first {len(plan.trials)} suggestions before any result; TPE "
@@ -69,7 +70,7 @@ def board_table(board: Board, keys: list[str]) -> Table:
             row.trial_id, _styled(row.status),
             "-" if row.step is None else f"{row.step}/{board.steps}",
             "-" if row.metric is None else f"{row.metric:.4g}",
-            *(format_value(row.values.get(k, "")) for k in keys),
+            *(escape(format_value(row.values.get(k, ""))) for k in keys),
         )
     return table
 
@@ -86,7 +87,8 @@ def live(board: Board, keys: list[str], console: Console) -> Iterator[None]:
                         total=max(board.total, len(board.rows)) or None)
         return Group(board_table(board, keys), progress)
 
-    board.on_event = lambda message: console.print(f"[cyan]paralab[/] {message}")
+    board.on_event = lambda message: console.print(f"[cyan]paralab[/] {escape(message)}",
+                                                   soft_wrap=True)
     if not console.is_terminal:
         # No live redraws into a log: events only, and the summary at the end.
         yield
@@ -117,6 +119,6 @@ def summary_table(outcome: SweepOutcome) -> Group:
             f"[bold]{rank}*[/]" if best else str(rank), trial.trial_id, _styled(trial.status),
             "-" if trial.step is None else str(trial.step),
             "-" if trial.metric is None else f"{trial.metric:.4g}",
-            *(format_value(trial.values.get(k, "")) for k in plan.sweep.params),
+            *(escape(format_value(trial.values.get(k, ""))) for k in plan.sweep.params),
         )
     return Group(title, table)

@@ -37,6 +37,8 @@ class Board:
     total: int
     steps: int
     rows: dict[str, TrialRow] = field(default_factory=dict)
+    completed: set[str] = field(default_factory=set)
+    """Trials Tune reported complete in this session (finished, or stopped by the scheduler)."""
     started: float = field(default_factory=time.monotonic)
     on_event: Callable[[str], None] = lambda message: None
     on_trial_end: Callable[[str, bool], None] = lambda trial_id, errored: None
@@ -95,6 +97,8 @@ class BoardCallback(Callback):
         if board is None:
             return
         board.update(trials)
+        if how == "finished":
+            board.completed.add(trial.trial_id)
         board.on_trial_end(trial.trial_id, how == "failed")
         row = board.rows.get(trial.trial_id)
         from paralab.platform.tune.space import trial_label

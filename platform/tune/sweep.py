@@ -53,14 +53,18 @@ RESOURCE_KEYS = ("train.workers", "train.cpus_per_worker", "train.use_gpu")
 STOPPED_TAG = "paralab.sweep.stopped_at_step"
 
 
-class _TrialErrorsInOneLine(logging.Filter):
-    """Tune logs a failed trial with its whole traceback; the sweep's summary names the error
-    in one line, and the traceback stays in the trial's ``error.txt``."""
+class _TuneInOneLine(logging.Filter):
+    """Tune logs a failed trial with its whole traceback, and tells how to resume in Python;
+    the sweep's summary names the error in one line (the traceback stays in the trial's
+    ``error.txt``) and gives the ``paralab sweep --resume`` command instead."""
+
+    DROPPED = ("Experiment has been interrupted", "Trials did not complete")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("Trial task failed"):
+        message = str(record.msg)
+        if message.startswith("Trial task failed"):
             record.exc_info, record.exc_text = None, None
-        return True
+        return not message.startswith(self.DROPPED)
 
 
 class FinishingASHA(ASHAScheduler):
@@ -406,9 +410,10 @@ def run_sweep(
             ),
         )
     active(board)
-    quiet = _TrialErrorsInOneLine()
-    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
-    tune_log.addFilter(quiet)
+    quiet = _TuneInOneLine()
+    tune_logs = [logging.getLogger(n) for n in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    for log in tune_logs:
+        log.addFilter(quiet)
     fit_started = time.monotonic()
     try:
         grid = tuner.fit()
@@ -418,15 +423,21 @@ def run_sweep(
         raise
     finally:
         active(None)
-        tune_log.removeFilter(quiet)
+        for log in tune_logs:
+            log.removeFilter(quiet)
     fit_s = time.monotonic() - fit_started
 
     # Tune's ResultGrid does not expose trial status; its analysis holds the Trial objects.
-    trials = [_outcome(plan, t) for t in grid._experiment_analysis.trials]
+    tune_trials = grid._experiment_analysis.trials
     budget_spent = bool(plan.sweep.time_budget_s and fit_s >= plan.sweep.time_budget_s)
     expected = len(plan.trials) if plan.exact else plan.sweep.num_samples
-    unfinished = any(t.status in ("INTERRUPTED", "PENDING") for t in trials)
-    interrupted = not budget_spent and (unfinished or len(trials) < expected)
+    unfinished = any(t.status not in ("TERMINATED", "ERROR") for t in tune_trials)
+    interrupted = not budget_spent and (unfinished or len(tune_trials) < expected)
+    # On Ctrl-C Tune saves running trials as running (they resume), then stops them: those
+    # are interrupted, not stopped by the scheduler, though Tune now calls them TERMINATED.
+    cut = {t.trial_id for t in tune_trials if t.status == "TERMINATED"
+           and t.trial_id not in board.completed} if interrupted else set()
+    trials = [_outcome(plan, t, t.trial_id in cut) for t in tune_trials]
     _link_runs(parent, trials)
     _close_children(parent, {t.run_id: t for t in trials if t.run_id})
     best = _best(plan, trials)
@@ -453,13 +464,14 @@ def run_sweep(
                         parent.uri, interrupted, time.monotonic() - started)
 
 
-def _outcome(plan: SweepPlan, trial) -> TrialOutcome:
+def _outcome(plan: SweepPlan, trial, cut: bool = False) -> TrialOutcome:
     values = {k: spaces.plain(v) for k, v in trial.config.items()}
     result = trial.last_result or {}
     step = int(result["step"]) if "step" in result else None
     metric = result.get(plan.sweep.metric)
-    if trial.status == "TERMINATED":
-        status = "FINISHED" if step is not None and step >= plan.cfg.train.steps else "STOPPED"
+    finished = step is not None and step >= plan.cfg.train.steps
+    if trial.status == "TERMINATED" and (finished or not cut):
+        status = "FINISHED" if finished else "STOPPED"
     elif trial.status == "ERROR":
         status = "ERROR"
     elif trial.status == "PENDING" and step is None:

@@ -123,7 +123,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     """Save a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 2
-    """Most recent checkpoints kept, besides the best by validation loss."""
+    """Most recent checkpoints kept (by Ray), besides a copy of the best by validation loss."""
     max_failures: int = 2
     """Times Ray restarts a crashed worker group from the latest checkpoint."""
 

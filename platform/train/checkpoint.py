@@ -8,7 +8,9 @@ A checkpoint folder holds:
 
 Each rank writes its files into its own local folder and reports it; Ray merges the
 folders into one checkpoint in storage and lists it in the run's snapshot only once the
-upload is complete, so a half-written checkpoint is never taken as the latest.
+upload is complete, so a half-written checkpoint is never taken as the latest. Ray also
+deletes all but the last ``train.keep_checkpoints``; :func:`keep_best` keeps a copy of the
+best one. Nothing else deletes checkpoints: Ray's snapshot must list only folders that exist.
 """
 
 from __future__ import annotations
@@ -127,19 +129,22 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
     return found
 
 
-def prune(fs: pafs.FileSystem, run_path: str, keep_last: int, best_step: int | None) -> list[int]:
-    """Delete all but the last ``keep_last`` checkpoints and the best one; return deleted steps.
+BEST_RE = re.compile(r"^best_checkpoint_(\d+)$")
 
-    Only complete, reported checkpoints are pruned: callers run this after ``report`` returns,
-    and the newest checkpoint is always kept.
+
+def keep_best(fs: pafs.FileSystem, run_path: str, step: int) -> str:
+    """Copy checkpoint ``step`` to ``best_checkpoint_<step>`` beside it, then drop older bests.
+
+    Ray keeps the last ``train.keep_checkpoints`` and deletes older ones; the best by
+    validation loss survives as this copy, which Ray does not manage. The new copy is
+    complete before the old one goes, so a crash in between leaves two, never none.
     """
-    found = list_checkpoints(fs, run_path)
-    keep = set(sorted(found)[-keep_last:])
-    if best_step is not None:
-        keep.add(best_step)
-    deleted = []
-    for step, path in sorted(found.items()):
-        if step not in keep:
-            fs.delete_dir(path)
-            deleted.append(step)
-    return deleted
+    target = f"{run_path}/best_checkpoint_{step:08d}"
+    fs.create_dir(target, recursive=True)
+    pafs.copy_files(f"{run_path}/{checkpoint_name(step)}", target,
+                    source_filesystem=fs, destination_filesystem=fs)
+    for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
+        match = BEST_RE.match(info.base_name)
+        if match and int(match.group(1)) != step:
+            fs.delete_dir(info.path)
+    return target

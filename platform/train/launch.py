@@ -232,7 +232,7 @@ def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_k
         run_config=ray.train.RunConfig(
             name=plan.run_name, storage_path=plan.root, storage_filesystem=plan.fs,
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             callbacks=callbacks,
         ),
     )

@@ -41,12 +41,12 @@ class Hooks(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Record metrics; every rank calls it, the host decides who writes."""
 
-    def prune(self, best_step: int | None) -> None:
-        """Drop checkpoints the run no longer keeps (rank 0 only)."""
+    def keep_best(self, step: int) -> None:
+        """Checkpoint ``step`` is the best so far: keep a copy Ray's retention won't delete."""
 
 
 class NoHooks:
-    """Run the loop bare, in one process: nothing reported, logged or pruned."""
+    """Run the loop bare, in one process: nothing reported, logged or kept."""
 
     def report(self, metrics, folder, name):
         pass
@@ -54,7 +54,7 @@ class NoHooks:
     def log(self, metrics, step):
         pass
 
-    def prune(self, best_step):
+    def keep_best(self, step):
         pass
 
 
@@ -235,5 +235,5 @@ class Trainer:
             if "val_loss" in metrics:
                 metrics["step"] = self.step
                 self.report(metrics, with_checkpoint=do_ckpt)
-                if do_ckpt and self.ctx.rank == 0:
-                    self.hooks.prune(self.best_step)
+                if do_ckpt and self.best_step == self.step:
+                    self.hooks.keep_best(self.step)

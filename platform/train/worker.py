@@ -25,11 +25,10 @@ class RayHooks:
     a step; pending metrics are flushed before every report, so whatever a checkpoint covers
     is logged, and a resumed run re-logs only the steps after its checkpoint."""
 
-    def __init__(self, run: dict[str, Any], keep_last: int):
+    def __init__(self, run: dict[str, Any]):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.storage = context.get_storage()
-        self.keep_last = keep_last
         self.tracker = Tracker(run["tracking_uri"], run["mlflow_run_id"]) if self.rank == 0 else None
         self.pending: list[Future] = []
         self.logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paralab-mlflow")
@@ -50,9 +49,9 @@ class RayHooks:
         for future in pending:
             future.result()
 
-    def prune(self, best_step):
-        ckpt.prune(self.storage.storage_filesystem, self.storage.experiment_fs_path,
-                   self.keep_last, best_step)
+    def keep_best(self, step):
+        if self.rank == 0:
+            ckpt.keep_best(self.storage.storage_filesystem, self.storage.experiment_fs_path, step)
 
 
 def _maybe_inject_fault(step: int, rank: int) -> None:
@@ -69,7 +68,7 @@ def train_fn(config: dict[str, Any]) -> None:
     cfg = from_dict(config["experiment"])
     run = config["run"]
     data = load_prepared(cfg.data, run["data_key"], endpoint_url=cfg.storage.endpoint_url)
-    trainer = Trainer(cfg, data, RayHooks(run, cfg.train.keep_checkpoints))
+    trainer = Trainer(cfg, data, RayHooks(run))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

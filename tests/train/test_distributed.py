@@ -89,14 +89,16 @@ def test_two_workers_match_one_process(tmp_path, strategy, single_process_losses
 def test_interrupted_run_resumes_exactly(tmp_path, single_process_losses):
     home = tmp_path / "resume"
     marker = tmp_path / "crashed"
+    # Checkpoints at 2 and 4, only the last kept: resuming must not trip over the deleted 2.
+    keep = ("train.max_failures=0", "train.checkpoint_every=2", "train.keep_checkpoints=1")
     proc, client, (run,) = train(
-        home, "train.max_failures=0", env={"PARALAB_FAULT_INJECT": f"6:0:{marker}"}, expect_ok=False
+        home, *keep, env={"PARALAB_FAULT_INJECT": f"6:0:{marker}"}, expect_ok=False
     )
     assert proc.returncode == 1 and marker.exists()
     assert "running the same command again resumes" in proc.stderr and "Traceback" not in proc.stderr
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
-    proc, client, runs = train(home, "train.max_failures=0")
+    proc, client, runs = train(home, *keep)
     assert "resuming" in proc.stdout and "from step 4" in proc.stdout
     assert [r.info.run_id for r in runs] == [run.info.run_id]  # the same MLflow run continues
     assert runs[0].info.status == "FINISHED"
@@ -114,4 +116,5 @@ def test_killed_worker_restarts_and_loses_nothing(tmp_path, single_process_losse
     assert_losses_match(losses, single_process_losses, range(1, STEPS + 1))
     run_dir = Path(client.get_run(run.info.run_id).data.tags["paralab.checkpoint"]).parent
     kept = sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    assert kept == ["checkpoint_00000004", "checkpoint_00000008"]
+    assert kept == ["checkpoint_00000004", "checkpoint_00000008"]  # keep_checkpoints=5: none lost
+    assert list(run_dir.glob("best_checkpoint_*")), "the best checkpoint's copy is missing"

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -236,10 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as err:
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return USAGE_ERROR
     except _failures() as err:
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: run `paralab run` again with the same file to resume")

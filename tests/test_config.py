@@ -109,3 +109,11 @@ def test_validate_prints_resolved_config(tmp_path, capsys):
     assert main(["validate", str(path), "model.cell=paralstm"]) == 0
     out = capsys.readouterr().out
     assert "steps: 7" in out and "cell: paralstm" in out and "valid" in out
+
+
+def test_error_text_with_brackets_is_printed_verbatim(tmp_path, capsys):
+    # Worker errors quote paths like "[/src/gloo/pair.cc:537]": never read as rich markup.
+    path = write(tmp_path, "name: x")
+    assert main(["validate", str(path), "train.lr=[/src/gloo/pair.cc:537]"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "[/src/gloo/pair.cc:537]" in err.replace("'", "").replace('"', "")

@@ -5,7 +5,8 @@ Every fused kernel has the same trailing signature,
 and follows the scan's three passes (see :mod:`paralab.kernels.scan.triton`): with several
 time groups, STAGE 0 writes each group's aggregate, the scan's carry kernel links them, and
 STAGE 1 re-scans every group from its entering state and writes the results.  With one group
-only STAGE 1 runs.  The elements of the scan (Jacobians and residuals, or Jacobians and
+the forward solve needs no cross-program carry at all, so ``_*_newton_solve_kernel`` runs
+every Newton iteration in a single launch, and the backward runs STAGE 1 only.  The elements of the scan (Jacobians and residuals, or Jacobians and
 cotangents) are recomputed from p and the current states inside each pass, never stored.
 """
 
@@ -18,6 +19,7 @@ import triton.language as tl
 from paralab.kernels.scan.triton import (
     _block_chunk_carry_kernel,
     _diag_chunk_carry_kernel,
+    num_sms,
     scan_launch_config,
 )
 
@@ -39,11 +41,42 @@ def load_gates(p, base3, o_t, o_n, m, N):
     return b_p0, b_p1, b_p2
 
 
+@triton.jit
+def load_pair(x0, x1, i_b, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
+    """Row ``i_b`` of two [B, N] tensors (initial states) as fp32 [BN] vectors; zeros when
+    not ``PRESENT``."""
+    if PRESENT:
+        o_x = i_b.to(tl.int64) * N + o_n
+        b_x0 = tl.load(x0 + o_x, mask=m_n, other=0.0).to(tl.float32)
+        b_x1 = tl.load(x1 + o_x, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_x0 = tl.zeros([BN], dtype=tl.float32)
+        b_x1 = tl.zeros([BN], dtype=tl.float32)
+    return b_x0, b_x1
+
+
+# Below this many tiles per program a sequence is short enough that launch overhead, not the
+# serial walk over time, dominates: solve it in one launch even if the GPU is not full.
+ONE_LAUNCH_MAX_TILES = 64
+
+
 def newton_launch_config(p: torch.Tensor, chunk_size, use_associative_scan) -> dict:
+    """Launch configuration for the fused Newton kernels.
+
+    With one time group (G == 1) every Newton iteration runs inside a single launch
+    (``_*_newton_solve_kernel``); with several, each iteration is a chunked scan of up to three
+    launches.  On GPU, one group is chosen when the (batch × unit-block) programs already
+    cover the SMs, or when the sequence is short; ``chunk_size`` overrides the choice.
+    """
     B, T, _, N = p.shape
     # The fused kernels hold many more tiles in registers than a bare scan: use the smaller
     # (2×2-block) tile shape for both cells.
-    return scan_launch_config(B, T, N, True, p.device, chunk_size, use_associative_scan)
+    cfg = scan_launch_config(B, T, N, True, p.device, chunk_size, use_associative_scan)
+    if chunk_size is None and cfg["G"] > 1:
+        n_tiles = triton.cdiv(T, cfg["BT"])
+        if B * cfg["n_blocks"] >= num_sms(p.device) or n_tiles <= ONE_LAUNCH_MAX_TILES:
+            cfg = scan_launch_config(B, T, N, True, p.device, T, use_associative_scan)
+    return cfg
 
 
 def launch_chunked(kernel, args: tuple, B: int, T: int, N: int, block: bool, cfg: dict, **consts):

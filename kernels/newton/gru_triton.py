@@ -11,7 +11,9 @@ from p and the current iterate h:
     h_t ← h_t + δ_t
 
 so an iteration reads p and h once and writes h once; the first iteration builds its
-iterate h⁰_t = f(p_t, 0) on the fly.  The backward pass solves λ_t = g_t + J_{t+1} λ_{t+1}
+iterate h⁰_t = f(p_t, 0) on the fly.  When time is not split into groups (the usual case),
+every iteration runs inside one launch, each program walking its units' whole sequence once
+per iteration; otherwise each iteration is a chunked scan (:mod:`.common`).  The backward pass solves λ_t = g_t + J_{t+1} λ_{t+1}
 with J_{t+1} recomputed at (p_{t+1}, h_t), and in the same pass applies the cell's VJP at
 (p_t, h_{t-1}) to λ_t: grad_p is written per step, grad_A accumulated per program, and the
 t = 0 row gives grad_h0.  :func:`paralab.kernels.newton.reference.newton_gru_reference` is
@@ -56,34 +58,21 @@ def _gru_cell_vjp(b_pz, b_pr, b_pc, b_az, b_ar, b_ac, b_h, b_lam):
 
 
 @triton.jit
-def _gru_newton_fwd_kernel(
-    p, A, h0, h_in, h_out, res,
-    chunk_a, chunk_b, carry, T, N, ROWS,
-    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_H0: tl.constexpr,
+def _gru_fwd_pass(
+    p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, s_end, base, T, N, o_n, m_n,
+    BT: tl.constexpr, BN: tl.constexpr, FIRST: tl.constexpr, STORE: tl.constexpr,
+    USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
-    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    G, NB = tl.num_programs(0), tl.num_programs(1)
-    o_n = i_n * BN + tl.arange(0, BN)
-    m_n = o_n < N
-    base = i_b.to(tl.int64) * T * N
+    """One Newton iteration over time steps [s_begin, s_end) of one program's units.
+
+    ``b_d`` is the correction δ entering the range.  Returns the correction leaving it, the
+    product of the range's Jacobians, and max |residual|.  With ``STORE`` the new iterate
+    h + δ goes to ``h_out``; ``FIRST`` builds the iterate h⁰_t = f(p_t, 0) instead of reading
+    ``h_in``."""
     base3 = base * 3
-    b_az = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    b_ar = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    if HAS_H0:
-        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
-    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_d = tl.load(carry + o_c, mask=m_n, other=0.0)
-    else:
-        b_d = tl.zeros([BN], dtype=tl.float32)
     b_prod = tl.full([BN], 1.0, dtype=tl.float32)
     b_res = tl.zeros([BN], dtype=tl.float32)
-    s_begin = i_g * ROWS
-    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+    for s0 in range(s_begin, s_end, BT):
         o_t = s0 + tl.arange(0, BT)
         m_t = o_t < T
         m = m_t[:, None] & m_n[None, :]
@@ -105,12 +94,87 @@ def _gru_newton_fwd_kernel(
         b_j = tl.where(m_t[:, None], b_j, 1.0)  # rows past the end: identity
         b_ja, b_ds = diag_tile_scan(b_j, b_r, BT, USE_ASSOC)
         b_ds = b_ja * b_d[None, :] + b_ds
-        if STAGE == 1:
+        if STORE:
             p_o = h_out + base + o_t[:, None] * N + o_n[None, :]
             tl.store(p_o, b_h + b_ds, mask=m)
             b_res = tl.maximum(b_res, tl.max(tl.abs(b_r), axis=0))
         b_d = last_row(b_ds, BT)
         b_prod = last_row(b_ja, BT) * b_prod
+    return b_d, b_prod, b_res
+
+
+@triton.jit
+def _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_H0: tl.constexpr):
+    """The recurrent weights as [1, BN] rows and the initial state as a [BN] vector."""
+    b_az = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_ar = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_H0:
+        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_h0 = tl.zeros([BN], dtype=tl.float32)
+    return b_az, b_ar, b_ac, b_h0
+
+
+@triton.jit
+def _gru_newton_solve_kernel(
+    p, A, h0, h_even, h_odd, res, T, N, ITERS,
+    BT: tl.constexpr, BN: tl.constexpr, USE_ASSOC: tl.constexpr, HAS_H0: tl.constexpr,
+):  # fmt: skip
+    """Every Newton iteration in one launch: each program owns one batch row and BN units for
+    the whole sequence.  Iteration k reads the iterate from ``h_even`` (k even) or ``h_odd``
+    and writes the other; a block barrier between iterations makes one iteration's stores
+    visible to all of the program's threads before the next reads them.  ``res`` is
+    [ITERS, B, n_blocks]."""
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    NB, B = tl.num_programs(0), tl.num_programs(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
+    b_zero = tl.zeros([BN], dtype=tl.float32)
+    _, _, b_res = _gru_fwd_pass(
+        p, h_even, h_odd, b_az, b_ar, b_ac, b_h0, b_zero, 0, T, base, T, N, o_n, m_n,
+        BT, BN, True, True, USE_ASSOC,
+    )  # fmt: skip
+    tl.store(res + i_b * NB + i_n, tl.max(b_res, axis=0))
+    for k in range(1, ITERS):
+        tl.debug_barrier()
+        if k % 2 == 0:
+            h_in, h_out = h_even, h_odd
+        else:
+            h_in, h_out = h_odd, h_even
+        _, _, b_res = _gru_fwd_pass(
+            p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_zero, 0, T, base, T, N, o_n, m_n,
+            BT, BN, False, True, USE_ASSOC,
+        )  # fmt: skip
+        tl.store(res + (k * B + i_b) * NB + i_n, tl.max(b_res, axis=0))
+
+
+@triton.jit
+def _gru_newton_fwd_kernel(
+    p, A, h0, h_in, h_out, res,
+    chunk_a, chunk_b, carry, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
+    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_H0: tl.constexpr,
+):  # fmt: skip
+    """One Newton iteration over time split into G groups (see :mod:`.common`)."""
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G, NB = tl.num_programs(0), tl.num_programs(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    if HAS_CARRY:
+        b_d = tl.load(carry + o_c, mask=m_n, other=0.0)
+    else:
+        b_d = tl.zeros([BN], dtype=tl.float32)
+    s_begin = i_g * ROWS
+    b_d, b_prod, b_res = _gru_fwd_pass(
+        p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, tl.minimum(s_begin + ROWS, T),
+        base, T, N, o_n, m_n, BT, BN, FIRST, STAGE == 1, USE_ASSOC,
+    )  # fmt: skip
     if STAGE == 0:
         tl.store(chunk_a + o_c, b_prod, mask=m_n)
         tl.store(chunk_b + o_c, b_d, mask=m_n)
@@ -131,13 +195,7 @@ def _gru_newton_bwd_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     base3 = base * 3
-    b_az = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    b_ar = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    if HAS_H0:
-        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
+    b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     if HAS_CARRY:
         b_lam = tl.load(carry + o_c, mask=m_n, other=0.0)
@@ -205,26 +263,34 @@ class NewtonGRUFn(torch.autograd.Function):
         A32 = A.float().contiguous()
         h0_32 = None if h0 is None else h0.float().contiguous()
         cfg = newton_launch_config(p, chunk_size, use_associative_scan)
-        residuals = []
         if newton_iters == 0 or T == 0:
             h = gru_cell(p.float(), A32, p.new_zeros((B, T, N), dtype=torch.float32))
+            res = p.new_zeros(0, dtype=torch.float32)
         else:
-            bufs = [torch.empty((B, T, N), device=p.device, dtype=torch.float32) for _ in range(2)]
-            for k in range(newton_iters):
-                h_in, h_out = bufs[k % 2], bufs[(k + 1) % 2]
-                res = torch.empty(
-                    (B, cfg["G"], cfg["n_blocks"]), device=p.device, dtype=torch.float32
-                )
-                launch_chunked(
-                    _gru_newton_fwd_kernel, (p, A32, h0_32 if h0_32 is not None else p, h_in, h_out, res),
-                    B, T, N, False, cfg, FIRST=k == 0, HAS_H0=h0_32 is not None,
+            # Iterates alternate between two buffers; only the last one is kept.
+            h_buf = [torch.empty((B, T, N), device=p.device, dtype=torch.float32) for _ in range(2)]
+            h0_arg = p if h0_32 is None else h0_32
+            res = torch.empty(
+                (newton_iters, B, cfg["G"], cfg["n_blocks"]), device=p.device, dtype=torch.float32
+            )
+            if cfg["G"] == 1:
+                _gru_newton_solve_kernel[(cfg["n_blocks"], B)](
+                    p, A32, h0_arg, *h_buf, res, T, N, newton_iters, BT=cfg["BT"], BN=cfg["BN"],
+                    USE_ASSOC=cfg["USE_ASSOC"], HAS_H0=h0_32 is not None,
+                    num_warps=cfg["num_warps"],
                 )  # fmt: skip
-                residuals.append(res.amax())
-            h = bufs[newton_iters % 2]
+            else:
+                for k in range(newton_iters):
+                    launch_chunked(
+                        _gru_newton_fwd_kernel,
+                        (p, A32, h0_arg, h_buf[k % 2], h_buf[(k + 1) % 2], res[k]),
+                        B, T, N, False, cfg, FIRST=k == 0, HAS_H0=h0_32 is not None,
+                    )  # fmt: skip
+            h = h_buf[newton_iters % 2]
+            res = res.flatten(1).amax(dim=1)
         ctx.save_for_backward(p, A32, h0_32, h)
         ctx.cfg, ctx.A_dtype = cfg, A.dtype
         ctx.h0_dtype = None if h0 is None else h0.dtype
-        res = torch.stack(residuals) if residuals else p.new_zeros(0, dtype=torch.float32)
         ctx.mark_non_differentiable(res)
         return h.to(p.dtype), res
 

@@ -22,8 +22,19 @@ import triton
 import triton.language as tl
 
 from paralab.kernels.newton.cells import lstm_cell
-from paralab.kernels.newton.common import launch_chunked, load_gates, newton_launch_config, tanh
-from paralab.kernels.scan.triton import block_tile_scan, last_row
+from paralab.kernels.newton.common import (
+    launch_chunked,
+    load_gates,
+    load_pair,
+    newton_launch_config,
+    tanh,
+)
+from paralab.kernels.scan.triton import (
+    block_tile_scan,
+    compose_last_rows,
+    last_row,
+    store_block_aggregate,
+)
 
 
 @triton.jit
@@ -65,6 +76,7 @@ def _lstm_cell_vjp(b_pf, b_po, b_pc, b_af, b_ao, b_ac, b_cf, b_co, b_c, b_h, b_l
 
 @triton.jit
 def _load_weights(A, C, o_n, m_n, N):
+    """The recurrent weights and peepholes as [1, BN] rows."""
     b_af = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ao = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
@@ -74,43 +86,30 @@ def _load_weights(A, C, o_n, m_n, N):
 
 
 @triton.jit
-def _lstm_newton_fwd_kernel(
-    p, A, C, c0, h0, c_in, h_in, c_out, h_out, res,
-    chunk_a, chunk_b, carry, T, N, ROWS,
-    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_S0: tl.constexpr,
+def _lstm_fwd_pass(
+    p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
+    s_begin, s_end, base, T, N, o_n, m_n,
+    BT: tl.constexpr, BN: tl.constexpr, FIRST: tl.constexpr, STORE: tl.constexpr,
+    USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
-    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    G, NB = tl.num_programs(0), tl.num_programs(1)
-    o_n = i_n * BN + tl.arange(0, BN)
-    m_n = o_n < N
-    base = i_b.to(tl.int64) * T * N
+    """One Newton iteration over time steps [s_begin, s_end) of one program's units.
+
+    (b_d0, b_d1) is the correction (δc, δh) entering the range.  Returns the correction
+    leaving it, the product of the range's 2×2 Jacobians, and max |residual|.  With
+    ``STORE`` the new iterate s + δ goes to (``c_out``, ``h_out``); ``FIRST`` builds the
+    iterate s⁰_t = f(p_t, 0) instead of reading (``c_in``, ``h_in``)."""
     base3 = base * 3
-    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    if HAS_S0:
-        b_c0 = tl.load(c0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_c0 = tl.zeros([BN], dtype=tl.float32)
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
-    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_d0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
-        b_d1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
-    else:
-        b_d0 = tl.zeros([BN], dtype=tl.float32)
-        b_d1 = tl.zeros([BN], dtype=tl.float32)
     b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
     b_p01 = tl.zeros([BN], dtype=tl.float32)
     b_p10 = tl.zeros([BN], dtype=tl.float32)
     b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
     b_res = tl.zeros([BN], dtype=tl.float32)
-    s_begin = i_g * ROWS
-    for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
+    for s0 in range(s_begin, s_end, BT):
         o_t = s0 + tl.arange(0, BT)
         m_t = o_t < T
         m = m_t[:, None] & m_n[None, :]
         m_prev = m & (o_t >= 1)[:, None]
+        o_s = base + o_t[:, None] * N + o_n[None, :]
         b_pf, b_po, b_pc = load_gates(p, base3, o_t, o_n, m, N)
         # The current iterate at t and t - 1.
         if FIRST:
@@ -123,7 +122,6 @@ def _lstm_newton_fwd_kernel(
                 q_f, q_o, q_c, b_af, b_ao, b_ac, b_cf, b_co, b_zero, b_zero
             )
         else:
-            o_s = base + o_t[:, None] * N + o_n[None, :]
             b_c = tl.load(c_in + o_s, mask=m, other=0.0)
             b_h = tl.load(h_in + o_s, mask=m, other=0.0)
             b_cp = tl.load(c_in + o_s - N, mask=m_prev, other=0.0)
@@ -147,30 +145,83 @@ def _lstm_newton_fwd_kernel(
         )
         b_ds0 = b_a00 * b_d0[None, :] + b_a01 * b_d1[None, :] + b_s0
         b_ds1 = b_a10 * b_d0[None, :] + b_a11 * b_d1[None, :] + b_s1
-        if STAGE == 1:
-            o_s = base + o_t[:, None] * N + o_n[None, :]
+        if STORE:
             tl.store(c_out + o_s, b_c + b_ds0, mask=m)
             tl.store(h_out + o_s, b_h + b_ds1, mask=m)
             b_res = tl.maximum(b_res, tl.max(tl.maximum(tl.abs(b_rc), tl.abs(b_rh)), axis=0))
         b_d0 = last_row(b_ds0, BT)
         b_d1 = last_row(b_ds1, BT)
-        l00 = last_row(b_a00, BT)
-        l01 = last_row(b_a01, BT)
-        l10 = last_row(b_a10, BT)
-        l11 = last_row(b_a11, BT)
-        b_p00, b_p01, b_p10, b_p11 = (
-            l00 * b_p00 + l01 * b_p10,
-            l00 * b_p01 + l01 * b_p11,
-            l10 * b_p00 + l11 * b_p10,
-            l10 * b_p01 + l11 * b_p11,
+        b_p00, b_p01, b_p10, b_p11 = compose_last_rows(
+            b_a00, b_a01, b_a10, b_a11, b_p00, b_p01, b_p10, b_p11, BT
         )
+    return b_d0, b_d1, b_p00, b_p01, b_p10, b_p11, b_res
+
+
+@triton.jit
+def _lstm_newton_solve_kernel(
+    p, A, C, c0, h0, c_even, h_even, c_odd, h_odd, res, T, N, ITERS,
+    BT: tl.constexpr, BN: tl.constexpr, USE_ASSOC: tl.constexpr, HAS_S0: tl.constexpr,
+):  # fmt: skip
+    """Every Newton iteration in one launch (see :func:`.gru_triton._gru_newton_solve_kernel`):
+    iteration k reads the (c, h) planes of the even buffers (k even) or the odd ones and
+    writes the other pair, with a block barrier between iterations.  ``res`` is
+    [ITERS, B, n_blocks]."""
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    NB, B = tl.num_programs(0), tl.num_programs(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
+    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_zero = tl.zeros([BN], dtype=tl.float32)
+    out = _lstm_fwd_pass(
+        p, c_even, h_even, c_odd, h_odd, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
+        b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, True, True, USE_ASSOC,
+    )  # fmt: skip
+    tl.store(res + i_b * NB + i_n, tl.max(out[6], axis=0))
+    for k in range(1, ITERS):
+        tl.debug_barrier()
+        if k % 2 == 0:
+            c_in, h_in, c_out, h_out = c_even, h_even, c_odd, h_odd
+        else:
+            c_in, h_in, c_out, h_out = c_odd, h_odd, c_even, h_even
+        out = _lstm_fwd_pass(
+            p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
+            b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, False, True, USE_ASSOC,
+        )  # fmt: skip
+        tl.store(res + (k * B + i_b) * NB + i_n, tl.max(out[6], axis=0))
+
+
+@triton.jit
+def _lstm_newton_fwd_kernel(
+    p, A, C, c0, h0, c_in, h_in, c_out, h_out, res,
+    chunk_a, chunk_b, carry, T, N, ROWS,
+    BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
+    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_S0: tl.constexpr,
+):  # fmt: skip
+    """One Newton iteration over time split into G groups (see :mod:`.common`)."""
+    i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G, NB = tl.num_programs(0), tl.num_programs(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    base = i_b.to(tl.int64) * T * N
+    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
+    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
+    if HAS_CARRY:
+        b_d0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
+        b_d1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
+    else:
+        b_d0 = tl.zeros([BN], dtype=tl.float32)
+        b_d1 = tl.zeros([BN], dtype=tl.float32)
+    s_begin = i_g * ROWS
+    b_d0, b_d1, b_p00, b_p01, b_p10, b_p11, b_res = _lstm_fwd_pass(
+        p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
+        s_begin, tl.minimum(s_begin + ROWS, T), base, T, N, o_n, m_n,
+        BT, BN, FIRST, STAGE == 1, USE_ASSOC,
+    )  # fmt: skip
     if STAGE == 0:
-        tl.store(chunk_a + o_c * 4, b_p00, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
-        tl.store(chunk_b + o_c * 2, b_d0, mask=m_n)
-        tl.store(chunk_b + o_c * 2 + 1, b_d1, mask=m_n)
+        store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_d0, b_d1)
     else:
         tl.store(res + (i_b * G + i_g) * NB + i_n, tl.max(b_res, axis=0))
 
@@ -189,12 +240,7 @@ def _lstm_newton_bwd_kernel(
     base = i_b.to(tl.int64) * T * N
     base3 = base * 3
     b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    if HAS_S0:
-        b_c0 = tl.load(c0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_c0 = tl.zeros([BN], dtype=tl.float32)
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
+    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     if HAS_CARRY:
         b_l0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
@@ -268,23 +314,11 @@ def _lstm_newton_bwd_kernel(
                 tl.store(grad_h0 + o_0, b_gsh, mask=m_first)
         b_l0 = last_row(b_ls0, BT)
         b_l1 = last_row(b_ls1, BT)
-        l00 = last_row(b_a00, BT)
-        l01 = last_row(b_a01, BT)
-        l10 = last_row(b_a10, BT)
-        l11 = last_row(b_a11, BT)
-        b_p00, b_p01, b_p10, b_p11 = (
-            l00 * b_p00 + l01 * b_p10,
-            l00 * b_p01 + l01 * b_p11,
-            l10 * b_p00 + l11 * b_p10,
-            l10 * b_p01 + l11 * b_p11,
+        b_p00, b_p01, b_p10, b_p11 = compose_last_rows(
+            b_a00, b_a01, b_a10, b_a11, b_p00, b_p01, b_p10, b_p11, BT
         )
     if STAGE == 0:
-        tl.store(chunk_a + o_c * 4, b_p00, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
-        tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
-        tl.store(chunk_b + o_c * 2, b_l0, mask=m_n)
-        tl.store(chunk_b + o_c * 2 + 1, b_l1, mask=m_n)
+        store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_l0, b_l1)
     else:
         o_w = (i_b.to(tl.int64) * G + i_g) * 5 * N + o_n
         tl.store(grad_w_part + o_w, b_waf, mask=m_n)
@@ -307,31 +341,38 @@ class NewtonLSTMFn(torch.autograd.Function):
         c0_32 = (zeros if c0 is None else c0.float()).contiguous() if has_s0 else None
         h0_32 = (zeros if h0 is None else h0.float()).contiguous() if has_s0 else None
         cfg = newton_launch_config(p, chunk_size, use_associative_scan)
-        residuals = []
         if newton_iters == 0 or T == 0:
             s = lstm_cell(p.float(), A32, C32, p.new_zeros((B, T, N, 2), dtype=torch.float32))
             c, h = s[..., 0].contiguous(), s[..., 1].contiguous()
+            res = p.new_zeros(0, dtype=torch.float32)
         else:
+            # Iterates alternate between two (c, h) buffers; only the last one is kept.
             bufs = [
                 torch.empty((2, B, T, N), device=p.device, dtype=torch.float32) for _ in range(2)
             ]
             s0_args = (c0_32, h0_32) if has_s0 else (p, p)
-            for k in range(newton_iters):
-                s_in, s_out = bufs[k % 2], bufs[(k + 1) % 2]
-                res = torch.empty(
-                    (B, cfg["G"], cfg["n_blocks"]), device=p.device, dtype=torch.float32
-                )
-                launch_chunked(
-                    _lstm_newton_fwd_kernel,
-                    (p, A32, C32, *s0_args, s_in[0], s_in[1], s_out[0], s_out[1], res),
-                    B, T, N, True, cfg, FIRST=k == 0, HAS_S0=has_s0,
+            res = torch.empty(
+                (newton_iters, B, cfg["G"], cfg["n_blocks"]), device=p.device, dtype=torch.float32
+            )
+            if cfg["G"] == 1:
+                _lstm_newton_solve_kernel[(cfg["n_blocks"], B)](
+                    p, A32, C32, *s0_args, *bufs[0], *bufs[1], res, T, N, newton_iters,
+                    BT=cfg["BT"], BN=cfg["BN"], USE_ASSOC=cfg["USE_ASSOC"], HAS_S0=has_s0,
+                    num_warps=cfg["num_warps"],
                 )  # fmt: skip
-                residuals.append(res.amax())
+            else:
+                for k in range(newton_iters):
+                    s_in, s_out = bufs[k % 2], bufs[(k + 1) % 2]
+                    launch_chunked(
+                        _lstm_newton_fwd_kernel,
+                        (p, A32, C32, *s0_args, s_in[0], s_in[1], s_out[0], s_out[1], res[k]),
+                        B, T, N, True, cfg, FIRST=k == 0, HAS_S0=has_s0,
+                    )  # fmt: skip
             c, h = bufs[newton_iters % 2]
+            res = res.flatten(1).amax(dim=1)
         ctx.save_for_backward(p, A32, C32, c0_32, h0_32, c, h)
         ctx.cfg, ctx.dtypes = cfg, (A.dtype, C.dtype)
         ctx.s0_dtypes = (None if h0 is None else h0.dtype, None if c0 is None else c0.dtype)
-        res = torch.stack(residuals) if residuals else p.new_zeros(0, dtype=torch.float32)
         ctx.mark_non_differentiable(res)
         return h.to(p.dtype), c.to(p.dtype), res
 

@@ -131,6 +131,34 @@ def last_row(x, BT: tl.constexpr):
 
 
 @triton.jit
+def compose_last_rows(b_a00, b_a01, b_a10, b_a11, b_p00, b_p01, b_p10, b_p11, BT: tl.constexpr):
+    """(last row of the scanned 2×2 tile) @ (product so far): the running product of a
+    group's coefficients, as four [BN] vectors."""
+    l00 = last_row(b_a00, BT)
+    l01 = last_row(b_a01, BT)
+    l10 = last_row(b_a10, BT)
+    l11 = last_row(b_a11, BT)
+    return (
+        l00 * b_p00 + l01 * b_p10,
+        l00 * b_p01 + l01 * b_p11,
+        l10 * b_p00 + l11 * b_p10,
+        l10 * b_p01 + l11 * b_p11,
+    )
+
+
+@triton.jit
+def store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_b0, b_b1):
+    """Write a group's 2×2 aggregate: chunk_a [B, G, N, 2, 2], chunk_b [B, G, N, 2] at the
+    flat (b, g, n) offsets ``o_c``."""
+    tl.store(chunk_a + o_c * 4 + 0, b_p00, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
+    tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
+    tl.store(chunk_b + o_c * 2 + 0, b_b0, mask=m_n)
+    tl.store(chunk_b + o_c * 2 + 1, b_b1, mask=m_n)
+
+
+@triton.jit
 def _diag_tile(
     a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
@@ -155,9 +183,8 @@ def _diag_tile(
     if STORE_H:
         p_h = h + base + o_t[:, None] * N + o_n[None, :]
         tl.store(p_h, b_hs.to(h.dtype.element_ty), mask=m_s[:, None] & m_n[None, :])
-    m_last = (o_i == BT - 1)[:, None]
-    b_h = tl.sum(tl.where(m_last, b_hs, 0.0), axis=0)
-    b_prod = tl.sum(tl.where(m_last, b_a, 0.0), axis=0) * b_prod
+    b_h = last_row(b_hs, BT)
+    b_prod = last_row(b_a, BT) * b_prod
     return b_h, b_prod
 
 
@@ -198,18 +225,10 @@ def _block_tile(
         o_h = (base + o_t[:, None] * N + o_n[None, :]) * 2
         tl.store(h + o_h + 0, b_hs0.to(h.dtype.element_ty), mask=m_b)
         tl.store(h + o_h + 1, b_hs1.to(h.dtype.element_ty), mask=m_b)
-    m_last = (o_i == BT - 1)[:, None]
-    b_h0 = tl.sum(tl.where(m_last, b_hs0, 0.0), axis=0)
-    b_h1 = tl.sum(tl.where(m_last, b_hs1, 0.0), axis=0)
-    l00 = tl.sum(tl.where(m_last, b_a00, 0.0), axis=0)
-    l01 = tl.sum(tl.where(m_last, b_a01, 0.0), axis=0)
-    l10 = tl.sum(tl.where(m_last, b_a10, 0.0), axis=0)
-    l11 = tl.sum(tl.where(m_last, b_a11, 0.0), axis=0)
-    b_p00, b_p01, b_p10, b_p11 = (
-        l00 * b_p00 + l01 * b_p10,
-        l00 * b_p01 + l01 * b_p11,
-        l10 * b_p00 + l11 * b_p10,
-        l10 * b_p01 + l11 * b_p11,
+    b_h0 = last_row(b_hs0, BT)
+    b_h1 = last_row(b_hs1, BT)
+    b_p00, b_p01, b_p10, b_p11 = compose_last_rows(
+        b_a00, b_a01, b_a10, b_a11, b_p00, b_p01, b_p10, b_p11, BT
     )
     return b_h0, b_h1, b_p00, b_p01, b_p10, b_p11
 
@@ -317,12 +336,7 @@ def _block_chunk_reduce_kernel(
             BT, REVERSE, A_SHIFT, TRANSPOSE, False, USE_ASSOC,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    tl.store(chunk_a + o_c * 4 + 0, b_p00, mask=m_n)
-    tl.store(chunk_a + o_c * 4 + 1, b_p01, mask=m_n)
-    tl.store(chunk_a + o_c * 4 + 2, b_p10, mask=m_n)
-    tl.store(chunk_a + o_c * 4 + 3, b_p11, mask=m_n)
-    tl.store(chunk_b + o_c * 2 + 0, b_h0, mask=m_n)
-    tl.store(chunk_b + o_c * 2 + 1, b_h1, mask=m_n)
+    store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1)
 
 
 @triton.jit
@@ -397,7 +411,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _num_sms(device: torch.device) -> int:
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors on a CUDA device (1 elsewhere): the unit of parallelism the
+    launch heuristics fill."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 1
@@ -434,7 +450,7 @@ def scan_launch_config(
     else:
         # Split time into groups only as far as needed to give every SM a few programs:
         # each extra group costs one extra read of (a, b) in the reduce pass.
-        target = 4 * _num_sms(device)
+        target = 4 * num_sms(device)
         groups = max(1, min(n_tiles, triton.cdiv(target, B * n_blocks)))
         rows = triton.cdiv(n_tiles, groups) * BT
     groups = triton.cdiv(max(T, 1), rows)

@@ -21,7 +21,7 @@ import paralab.kernels.newton.gru_triton as gru  # noqa: E402
 import paralab.kernels.newton.lstm_triton as lstm  # noqa: E402
 import paralab.kernels.scan.triton as scan  # noqa: E402
 
-INTS = {"T", "N", "ROWS", "G"}
+INTS = {"T", "N", "ROWS", "G", "ITERS"}
 
 
 def compile_variant(kernel, consts: dict, dtypes: dict | None = None) -> str | None:
@@ -79,6 +79,10 @@ def variants():
         None,
     )
     yield scan._block_chunk_carry_kernel, {"BN": 32, "HAS_H0": True}, None
+    yield gru._gru_newton_solve_kernel, {**newton, "HAS_H0": True}, {"p": "bf16"}
+    yield gru._gru_newton_solve_kernel, {**newton, "HAS_H0": False}, None
+    yield lstm._lstm_newton_solve_kernel, {**newton, "HAS_S0": True}, None
+    yield lstm._lstm_newton_solve_kernel, {**newton, "HAS_S0": False}, {"p": "bf16"}
     yield (
         gru._gru_newton_fwd_kernel,
         {**newton, "STAGE": 1, "HAS_CARRY": False, "FIRST": True, "HAS_H0": True},

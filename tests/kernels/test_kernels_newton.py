@@ -225,6 +225,23 @@ def test_fused_matches_sequential(cell, shape, dtype, with_state, chunk_size, as
         assert_close(name, grads[name], want_grads[name], dtype, shape[1])
 
 
+@pytest.mark.parametrize("chunk_size", [None, 64], ids=["one_launch", "chunked"])
+@pytest.mark.parametrize("newton_iters", [1, 2, 5])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_iteration_count(cell, newton_iters, chunk_size, device):
+    """Any iteration count, odd or even (the iterate alternates between two buffers), both in
+    the single-launch solve and in the per-iteration chunked path."""
+    from paralab.kernels.newton.common import newton_launch_config
+
+    inputs = make_cell_inputs(cell, 2, 150, 6, torch.float32, True, device)
+    cfg = newton_launch_config(inputs["p"], chunk_size, None)
+    assert (cfg["G"] == 1) == (chunk_size is None)
+    got = run(cell, "fused", inputs, newton_iters, chunk_size=chunk_size)
+    want = run(cell, "reference", inputs, newton_iters)
+    for name, a, b in zip(("h", "c"), got, want):
+        assert_close(name, a, b, torch.float32, 150)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_fused_residuals_match_reference(cell, device):
     from paralab.kernels.newton import newton_gru_fused, newton_lstm_fused

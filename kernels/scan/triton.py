@@ -159,11 +159,24 @@ def store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11
 
 
 @triton.jit
+def _prev_time(o_t, m_s, T, A_SHIFT: tl.constexpr):
+    """For the adjoint pass: time of the forward recurrence's previous state at ``o_t``
+    (t − A_SHIFT), whether it lies inside the sequence, and whether it is the initial state."""
+    o_tp = o_t - A_SHIFT
+    m_in = m_s & (o_tp >= 0) & (o_tp < T)
+    m_edge = m_s & ((o_tp < 0) | (o_tp >= T))
+    return o_tp, m_in, m_edge
+
+
+@triton.jit
 def _diag_tile(
-    a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n,
+    a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    STORE_H: tl.constexpr, USE_ASSOC: tl.constexpr,
+    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
+    """Advance (b_h, b_prod) over one tile.  With ``GRAD_A`` (the adjoint pass, where the
+    scanned state is λ) also write grad_a_t = λ_t ⊙ h_prev from the forward states ``h_fwd``
+    and the forward's initial state ``b_hinit``."""
     o_i = tl.arange(0, BT)
     o_s = s0 + o_i
     if REVERSE:
@@ -183,6 +196,13 @@ def _diag_tile(
     if STORE_H:
         p_h = h + base + o_t[:, None] * N + o_n[None, :]
         tl.store(p_h, b_hs.to(h.dtype.element_ty), mask=m_s[:, None] & m_n[None, :])
+    if GRAD_A:
+        o_tp, m_in, m_edge = _prev_time(o_t, m_s, T, A_SHIFT)
+        p_hp = h_fwd + base + o_tp[:, None] * N + o_n[None, :]
+        b_hp = tl.load(p_hp, mask=m_in[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        b_hp = tl.where(m_edge[:, None], b_hinit[None, :], b_hp)
+        p_ga = grad_a + base + o_t[:, None] * N + o_n[None, :]
+        tl.store(p_ga, (b_hs * b_hp).to(grad_a.dtype.element_ty), mask=m_s[:, None] & m_n[None, :])
     b_h = last_row(b_hs, BT)
     b_prod = last_row(b_a, BT) * b_prod
     return b_h, b_prod
@@ -190,10 +210,12 @@ def _diag_tile(
 
 @triton.jit
 def _block_tile(
-    a, b, h, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
+    a, b, h, h_fwd, grad_a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_hi0, b_hi1,
+    s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr, TRANSPOSE: tl.constexpr,
-    STORE_H: tl.constexpr, USE_ASSOC: tl.constexpr,
+    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
+    """2×2-block version of :func:`_diag_tile`; the adjoint's grad_a_t = λ_t h_prevᵀ."""
     o_i = tl.arange(0, BT)
     o_s = s0 + o_i
     if REVERSE:
@@ -225,6 +247,20 @@ def _block_tile(
         o_h = (base + o_t[:, None] * N + o_n[None, :]) * 2
         tl.store(h + o_h + 0, b_hs0.to(h.dtype.element_ty), mask=m_b)
         tl.store(h + o_h + 1, b_hs1.to(h.dtype.element_ty), mask=m_b)
+    if GRAD_A:
+        o_tp, m_in, m_edge = _prev_time(o_t, o_s < T, T, A_SHIFT)
+        o_hp = (base + o_tp[:, None] * N + o_n[None, :]) * 2
+        m_hp = m_in[:, None] & m_n[None, :]
+        b_hp0 = tl.load(h_fwd + o_hp + 0, mask=m_hp, other=0.0).to(tl.float32)
+        b_hp1 = tl.load(h_fwd + o_hp + 1, mask=m_hp, other=0.0).to(tl.float32)
+        b_hp0 = tl.where(m_edge[:, None], b_hi0[None, :], b_hp0)
+        b_hp1 = tl.where(m_edge[:, None], b_hi1[None, :], b_hp1)
+        o_ga = (base + o_t[:, None] * N + o_n[None, :]) * 4
+        ga_ty = grad_a.dtype.element_ty
+        tl.store(grad_a + o_ga + 0, (b_hs0 * b_hp0).to(ga_ty), mask=m_b)
+        tl.store(grad_a + o_ga + 1, (b_hs0 * b_hp1).to(ga_ty), mask=m_b)
+        tl.store(grad_a + o_ga + 2, (b_hs1 * b_hp0).to(ga_ty), mask=m_b)
+        tl.store(grad_a + o_ga + 3, (b_hs1 * b_hp1).to(ga_ty), mask=m_b)
     b_h0 = last_row(b_hs0, BT)
     b_h1 = last_row(b_hs1, BT)
     b_p00, b_p01, b_p10, b_p11 = compose_last_rows(
@@ -255,8 +291,9 @@ def _diag_chunk_reduce_kernel(
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
-            a, b, a, b_h, b_prod, s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, False, USE_ASSOC
-        )
+            a, b, a, a, a, b_h, b_prod, b_h, s0, base, T, N, o_n, m_n,
+            BT, REVERSE, A_SHIFT, False, False, USE_ASSOC,
+        )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     tl.store(chunk_a + o_c, b_prod, mask=m_n)
     tl.store(chunk_b + o_c, b_h, mask=m_n)
@@ -283,9 +320,10 @@ def _diag_chunk_carry_kernel(
 
 @triton.jit
 def _diag_chunk_scan_kernel(
-    a, b, h0, carry, h, T, N, ROWS,
+    a, b, h0, carry, h, h_fwd, h_init, grad_a, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr, USE_ASSOC: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr, GRAD_A: tl.constexpr,
+    HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -300,11 +338,16 @@ def _diag_chunk_scan_kernel(
     else:
         b_h = tl.zeros([BN], dtype=tl.float32)
     b_prod = tl.full([BN], 1.0, dtype=tl.float32)
+    if HAS_HINIT:
+        b_hinit = tl.load(h_init + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_hinit = tl.zeros([BN], dtype=tl.float32)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
-            a, b, h, b_h, b_prod, s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, True, USE_ASSOC
-        )
+            a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
+            BT, REVERSE, A_SHIFT, True, GRAD_A, USE_ASSOC,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,8 +375,8 @@ def _block_chunk_reduce_kernel(
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
-            a, b, a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, TRANSPOSE, False, USE_ASSOC,
+            a, b, a, a, a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1,
+            s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, False, False, USE_ASSOC,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1)
@@ -368,10 +411,10 @@ def _block_chunk_carry_kernel(
 
 @triton.jit
 def _block_chunk_scan_kernel(
-    a, b, h0, carry, h, T, N, ROWS,
+    a, b, h0, carry, h, h_fwd, h_init, grad_a, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     TRANSPOSE: tl.constexpr, HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr,
+    GRAD_A: tl.constexpr, HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -393,11 +436,18 @@ def _block_chunk_scan_kernel(
     b_p01 = tl.zeros([BN], dtype=tl.float32)
     b_p10 = tl.zeros([BN], dtype=tl.float32)
     b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    if HAS_HINIT:
+        o_hi = (i_b.to(tl.int64) * N + o_n) * 2
+        b_hi0 = tl.load(h_init + o_hi + 0, mask=m_n, other=0.0).to(tl.float32)
+        b_hi1 = tl.load(h_init + o_hi + 1, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_hi0 = tl.zeros([BN], dtype=tl.float32)
+        b_hi1 = tl.zeros([BN], dtype=tl.float32)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
-            a, b, h, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, TRANSPOSE, True, USE_ASSOC,
+            a, b, h, h_fwd, grad_a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_hi0, b_hi1,
+            s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, True, GRAD_A, USE_ASSOC,
         )  # fmt: skip
 
 
@@ -469,11 +519,19 @@ def scan_triton_raw(
     transpose: bool = False,
     chunk_size: int | None = None,
     use_associative_scan: bool | None = None,
+    grad_a: torch.Tensor | None = None,
+    h_fwd: torch.Tensor | None = None,
+    h_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the chunked scan kernels, writing h into ``out`` (any float dtype, b's shape).
 
     ``a_shift`` reads the coefficient of step t at t + a_shift (zero outside [0, T));
     ``transpose`` transposes 2×2 blocks.  No autograd; inputs must be contiguous.
+
+    For the adjoint pass (the scanned state is λ), ``grad_a`` (a's shape) also receives
+    λ_t ⊙ h_prev (λ_t h_prevᵀ for blocks) in the same pass, where h_prev is the forward
+    state before step t: ``h_fwd`` at t − a_shift, or ``h_init`` (zeros when None) at the
+    sequence's edge.
     """
     block = a.dim() == 5
     B, T, N = b.shape[:3]
@@ -508,17 +566,26 @@ def scan_triton_raw(
             _diag_chunk_carry_kernel[(cfg["n_blocks"], B)](
                 chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None
             )
+    if grad_a is not None and h_fwd is None:
+        raise ValueError("grad_a needs the forward states h_fwd")
+    adjoint = (
+        h_fwd if h_fwd is not None else b,
+        h_init if h_init is not None else b,
+        grad_a if grad_a is not None else b,
+    )
+    flags = dict(
+        HAS_H0=h0 is not None, HAS_CARRY=G > 1, GRAD_A=grad_a is not None,
+        HAS_HINIT=h_init is not None, USE_ASSOC=use_assoc, num_warps=num_warps,
+    )  # fmt: skip
     if block:
         _block_chunk_scan_kernel[grid](
-            a, b, h0_arg, carry, out, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-            A_SHIFT=a_shift, TRANSPOSE=transpose, HAS_H0=h0 is not None, HAS_CARRY=G > 1,
-            USE_ASSOC=use_assoc, num_warps=num_warps,
+            a, b, h0_arg, carry, out, *adjoint, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+            A_SHIFT=a_shift, TRANSPOSE=transpose, **flags,
         )  # fmt: skip
     else:
         _diag_chunk_scan_kernel[grid](
-            a, b, h0_arg, carry, out, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-            A_SHIFT=a_shift, HAS_H0=h0 is not None, HAS_CARRY=G > 1, USE_ASSOC=use_assoc,
-            num_warps=num_warps,
+            a, b, h0_arg, carry, out, *adjoint, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
+            A_SHIFT=a_shift, **flags,
         )  # fmt: skip
     return out
 
@@ -531,7 +598,7 @@ def _matvec_t(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class LinearScanFn(torch.autograd.Function):
     """Autograd wrapper: the backward pass is the adjoint scan in the opposite direction,
     λ_t = g_t + a_{t+1}ᵀ λ_{t+1} (mirrored for ``reverse``), grad_b = λ,
-    grad_a_t = λ_t h_{t-1}ᵀ, grad_h0 = a_0ᵀ λ_0."""
+    grad_a_t = λ_t h_{t-1}ᵀ (written by the same pass), grad_h0 = a_0ᵀ λ_0."""
 
     @staticmethod
     def forward(ctx, a, b, h0, reverse, chunk_size, use_associative_scan):
@@ -551,24 +618,19 @@ class LinearScanFn(torch.autograd.Function):
         block = a.dim() == 5
         grad_h = grad_h.contiguous()
         lam = torch.empty(grad_h.shape, device=grad_h.device, dtype=torch.float32)
+        # One adjoint pass writes λ (= grad_b) and, from the saved states, grad_a.
+        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
         scan_triton_raw(
             a, grad_h, None, lam, not reverse, -1 if reverse else 1, True,
-            ctx.chunk_size, ctx.use_assoc,
+            ctx.chunk_size, ctx.use_assoc, grad_a=grad_a, h_fwd=h, h_init=h0,
         )  # fmt: skip
-        h32 = h.float()
-        init = torch.zeros_like(h32[:, :1]) if h0 is None else h0.float().unsqueeze(1)
-        if reverse:
-            h_prev = torch.cat([h32[:, 1:], init], dim=1)
-        else:
-            h_prev = torch.cat([init, h32[:, :-1]], dim=1)
-        grad_a = lam.unsqueeze(-1) * h_prev.unsqueeze(-2) if block else lam * h_prev
         grad_h0 = None
         if h0 is not None and ctx.needs_input_grad[2]:
             edge = -1 if reverse else 0
             a_edge, lam_edge = a[:, edge].float(), lam[:, edge]
             grad_h0 = _matvec_t(a_edge, lam_edge) if block else a_edge * lam_edge
             grad_h0 = grad_h0.to(ctx.h0_dtype)
-        return grad_a.to(a.dtype), lam.to(grad_h.dtype), grad_h0, None, None, None
+        return grad_a, lam.to(grad_h.dtype), grad_h0, None, None, None
 
 
 def linear_scan_triton(

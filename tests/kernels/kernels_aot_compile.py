@@ -52,13 +52,29 @@ def variants():
     yield scan._diag_chunk_reduce_kernel, {**diag, "REVERSE": True, "A_SHIFT": -1}, None
     yield (
         scan._diag_chunk_scan_kernel,
-        {**diag, "REVERSE": False, "A_SHIFT": 0, "HAS_H0": True, "HAS_CARRY": False},
+        {
+            **diag,
+            "REVERSE": False,
+            "A_SHIFT": 0,
+            "HAS_H0": True,
+            "HAS_CARRY": False,
+            "GRAD_A": False,
+            "HAS_HINIT": False,
+        },
         {"a": "bf16", "b": "bf16", "h0": "bf16", "h": "bf16"},
     )
     yield (
         scan._diag_chunk_scan_kernel,
-        {**diag, "REVERSE": True, "A_SHIFT": 1, "HAS_H0": False, "HAS_CARRY": True},
-        None,
+        {
+            **diag,
+            "REVERSE": True,
+            "A_SHIFT": 1,
+            "HAS_H0": False,
+            "HAS_CARRY": True,
+            "GRAD_A": True,
+            "HAS_HINIT": True,
+        },
+        {"a": "bf16", "b": "bf16", "h_fwd": "bf16", "h_init": "bf16", "grad_a": "bf16"},
     )
     yield scan._diag_chunk_carry_kernel, {"BN": 64, "HAS_H0": True}, None
     yield (
@@ -75,6 +91,8 @@ def variants():
             "TRANSPOSE": True,
             "HAS_H0": True,
             "HAS_CARRY": True,
+            "GRAD_A": True,
+            "HAS_HINIT": True,
         },
         None,
     )

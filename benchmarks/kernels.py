@@ -365,7 +365,11 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
         newton_lstm_fused,
         newton_lstm_reference,
     )
+    from paralab.kernels.scan.triton import scan_launch_config
 
+    # The per-iteration chunked path with the bare scan's time split, side by side with the
+    # default (every iteration in one launch wherever time is not split).
+    chunked_rows = scan_launch_config(B, T, N, True, device)["ROWS"]
     gen = torch.Generator(device="cpu").manual_seed(0)
     leaf = lambda x: x.to(device).requires_grad_()
     p = leaf(torch.randn(B, T, 3, N, generator=gen))
@@ -407,6 +411,10 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
             (p, A),
         )
         runners["fused_triton"] = (lambda: newton_gru_fused(p, A), (p, A))
+        runners["fused_triton_chunked"] = (
+            lambda: newton_gru_fused(p, A, chunk_size=chunked_rows),
+            (p, A),
+        )
     else:
         runners["parallel_torch"] = (
             lambda: newton_lstm_reference(p, A, C, scan_backend="torch"),
@@ -417,6 +425,10 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
             (p, A, C),
         )
         runners["fused_triton"] = (lambda: newton_lstm_fused(p, A, C), (p, A, C))
+        runners["fused_triton_chunked"] = (
+            lambda: newton_lstm_fused(p, A, C, chunk_size=chunked_rows),
+            (p, A, C),
+        )
 
     rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(N, N, batch_first=True).to(device)
     x = leaf(torch.randn(B, T, N, generator=gen))
@@ -425,11 +437,17 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
         xg = leaf(torch.randn(B, T, N, generator=gen))
         gg = leaf(-torch.rand(B, T, N, generator=gen))  # log decays
 
-        def hgrn():
-            out = fla["chunk_hgrn"](xg, gg)
-            return out[0] if isinstance(out, tuple) else out
+        def hgrn(kernel):
+            def run():
+                out = fla[kernel](xg, gg)
+                return out[0] if isinstance(out, tuple) else out
 
-        runners["fla_hgrn"] = (hgrn, (xg, gg))
+            return run
+
+        runners["fla_hgrn"] = (hgrn("chunk_hgrn"), (xg, gg))
+        if fla.get("fused_recurrent_hgrn") is not None:
+            # The single-pass kernel: the issue's yardstick for the fused Newton forward.
+            runners["fla_fused_recurrent_hgrn"] = (hgrn("fused_recurrent_hgrn"), (xg, gg))
 
     def with_backward(fwd, inputs):
         def run():
@@ -500,31 +518,39 @@ def time_cells(rec, clock, torch, device, cells, grid, ts, max_t, compile_seq, f
                     torch.cuda.empty_cache()
 
 
+PAPER_IMPLS = ("sequential", "fused_triton", "fused_triton_chunked", "parallel_triton",
+               "parallel_torch")  # fmt: skip
+
+
 def time_paper_setting(
-    rec, clock, torch, device, cells, B, N, compile_seq, L=512, counts=(20, 100)
+    rec, clock, torch, device, cells, B, N, compile_seq, L=512, counts=(20, 100), sweep=()
 ):
-    """L = 512, 20 warm-up then min of 100, 3 Newton iterations, compiled sequential baseline."""
-    warmup, reps = counts
+    """L = 512, 20 warm-up then min of 100, 3 Newton iterations, compiled sequential baseline,
+    at (B, N); then the (B, N) points of ``sweep`` with 5 warm-up runs and the min of 20 (the
+    paper states neither B nor N)."""
+    points = [((B, N), counts)] + [((b, n), (min(5, counts[0]), min(20, counts[1])))
+                                   for b, n in sweep if (b, n) != (B, N)]  # fmt: skip
     for cell in cells:
-        key = {"cell": cell, "B": B, "T": L, "N": N, "warmup": warmup, "reps": reps}
+        for (b, n), (warmup, reps) in points:
+            key = {"cell": cell, "B": b, "T": L, "N": n, "warmup": warmup, "reps": reps}
 
-        def run(cell=cell):
-            runners = make_runners(torch, device, cell, B, L, N, compile_seq, None)
-            out = {}
-            for name in ("sequential", "fused_triton", "parallel_triton", "parallel_torch"):
-                fwd, fwd_bwd = runners[name]
-                if warmup and name == "sequential":
-                    fwd_bwd()  # compile the step's backward before the warm-up count starts
-                out[f"{name}_fwd_ms"] = clock.measure(fwd, warmup=warmup, reps=reps)[0]
-                out[f"{name}_fwd_bwd_ms"] = clock.measure(fwd_bwd, warmup=warmup, reps=reps)[0]
-            for name in ("fused_triton", "parallel_triton", "parallel_torch"):
-                out[f"speedup_{name}_fwd"] = out["sequential_fwd_ms"] / out[f"{name}_fwd_ms"]
-                out[f"speedup_{name}_fwd_bwd"] = (
-                    out["sequential_fwd_bwd_ms"] / out[f"{name}_fwd_bwd_ms"]
-                )
-            return out
+            def run(cell=cell, b=b, n=n, warmup=warmup, reps=reps):
+                runners = make_runners(torch, device, cell, b, L, n, compile_seq, None)
+                out = {}
+                for name in PAPER_IMPLS:
+                    fwd, fwd_bwd = runners[name]
+                    if warmup and name == "sequential":
+                        fwd_bwd()  # compile the step's backward before the warm-up count starts
+                    out[f"{name}_fwd_ms"] = clock.measure(fwd, warmup=warmup, reps=reps)[0]
+                    out[f"{name}_fwd_bwd_ms"] = clock.measure(fwd_bwd, warmup=warmup, reps=reps)[0]
+                for name in PAPER_IMPLS[1:]:
+                    out[f"speedup_{name}_fwd"] = out["sequential_fwd_ms"] / out[f"{name}_fwd_ms"]
+                    out[f"speedup_{name}_fwd_bwd"] = (
+                        out["sequential_fwd_bwd_ms"] / out[f"{name}_fwd_bwd_ms"]
+                    )
+                return out
 
-        rec.run("paper_L512", key, run, need_s=30.0)
+            rec.run("paper_L512", key, run, need_s=30.0)
 
 
 def time_scans(rec, clock, torch, device, grid, ts, fla, peak):
@@ -584,6 +610,18 @@ def time_scans(rec, clock, torch, device, grid, ts, fla, peak):
 # ---------------------------------------------------------------------------------------------
 
 
+def fla_ratios(grid: list[dict]) -> dict:
+    """(cell, B, N, T) -> (fused fwd ms, fla single-pass HGRN fwd ms), where both ran."""
+    fwd = {
+        (r["cell"], r["B"], r["N"], r["T"], r["impl"]): r["fwd_ms"] for r in grid if "fwd_ms" in r
+    }
+    return {
+        key[:4]: (ms, fwd[key[:4] + ("fla_fused_recurrent_hgrn",)])
+        for key, ms in fwd.items()
+        if key[4] == "fused_triton" and key[:4] + ("fla_fused_recurrent_hgrn",) in fwd
+    }
+
+
 def markdown(info: dict, records: list[dict]) -> str:
     lines = ["# Kernel benchmark", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
@@ -610,23 +648,23 @@ def markdown(info: dict, records: list[dict]) -> str:
     paper = [r for r in records if r["section"] == "paper_L512"]
     if paper:
         lines += [
-            "## Paper setting (L=512 on GPU; min of 100 after 20 warm-up; 3 Newton iterations)",
+            "## Paper setting (L=512 on GPU; 3 Newton iterations; min of 100 after 20 warm-up at the headline (B, N))",
             "",
         ]
         lines += [
-            "| cell | B | N | L | sequential fwd ms | fused fwd ms | speedup fwd | sequential fwd+bwd ms | fused fwd+bwd ms | speedup fwd+bwd | parallel_torch speedup fwd |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| cell | B | N | L | warm-up/reps | sequential fwd ms | fused fwd ms | speedup fwd | sequential fwd+bwd ms | fused fwd+bwd ms | speedup fwd+bwd | chunked fused speedup fwd | parallel_torch speedup fwd |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in paper:
             if "error" in r or "skipped" in r:
                 lines.append(
-                    f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r.get('error', r.get('skipped'))[:80]} |||||||"
+                    f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r.get('error', r.get('skipped'))[:80]} ||||||||"
                 )
                 continue
             lines.append(
-                f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r['sequential_fwd_ms']:.3f} | {r['fused_triton_fwd_ms']:.3f} | "
+                f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r['warmup']}/{r['reps']} | {r['sequential_fwd_ms']:.3f} | {r['fused_triton_fwd_ms']:.3f} | "
                 f"{r['speedup_fused_triton_fwd']:.1f}x | {r['sequential_fwd_bwd_ms']:.3f} | {r['fused_triton_fwd_bwd_ms']:.3f} | "
-                f"{r['speedup_fused_triton_fwd_bwd']:.1f}x | {r['speedup_parallel_torch_fwd']:.1f}x |"
+                f"{r['speedup_fused_triton_fwd_bwd']:.1f}x | {r['speedup_fused_triton_chunked_fwd']:.1f}x | {r['speedup_parallel_torch_fwd']:.1f}x |"
             )
         lines.append("")
     grid = [r for r in records if r["section"] == "grid" and "impl" in r]
@@ -664,6 +702,19 @@ def markdown(info: dict, records: list[dict]) -> str:
                         cells.append(f"{mark}{ms:.3f}{ratio}")
                 lines.append(f"| {cell} | {B} | {N} | {T} | " + " | ".join(cells) + " |")
             lines.append("")
+    ratios = fla_ratios(grid)
+    if ratios:
+        lines += [
+            "## Fused Newton forward (3 iterations) against fla's single-pass HGRN forward",
+            "",
+            "| cell | B | N | T | fused fwd ms | fla fused_recurrent_hgrn fwd ms | ratio (target ≤ 3) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (cell, B, N, T), (ours, theirs) in ratios.items():
+            lines.append(
+                f"| {cell} | {B} | {N} | {T} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |"
+            )
+        lines.append("")
     scans = [r for r in records if r["section"] == "scan" and "impl" in r]
     if scans:
         lines += [
@@ -715,7 +766,7 @@ def main(argv=None) -> int:
     if args.smoke:
         ts, grid, budget, seq_max_t, cudnn_max_t = [16, 40], [(1, 8)], 300.0, 16, 16
         sizes = {"scan": (1, 40, 5), "newton": (1, 40, 5), "seq_check_T": 40}
-        paper_bn, paper_kw = (1, 8), {"L": 32, "counts": (1, 1)}
+        paper_bn, paper_kw = (1, 8), {"L": 32, "counts": (1, 1), "sweep": [(2, 8)]}
     elif args.full:
         ts = [2**k for k in range(9, 18)]
         grid, budget, seq_max_t, cudnn_max_t = (
@@ -725,12 +776,14 @@ def main(argv=None) -> int:
             2**15,
         )
         sizes = {"scan": (4, 8192, 512), "newton": (4, 4096, 512), "seq_check_T": 1024}
-        paper_bn, paper_kw = tuple(int(x) for x in args.paper_bn.split(",")), {}
+        paper_bn = tuple(int(x) for x in args.paper_bn.split(","))
+        paper_kw = {"sweep": [(1, 1024), (8, 256), (8, 4096), (32, 1024), (64, 1024)]}
     else:
         ts = [2**9, 2**11, 2**13, 2**15, 2**17]
         grid, budget, seq_max_t, cudnn_max_t = [(8, 256), (4, 512)], 330.0, 2048, 2**13
         sizes = {"scan": (4, 8192, 512), "newton": (4, 4096, 512), "seq_check_T": 1024}
-        paper_bn, paper_kw = tuple(int(x) for x in args.paper_bn.split(",")), {}
+        paper_bn = tuple(int(x) for x in args.paper_bn.split(","))
+        paper_kw = {"sweep": [(1, 1024), (8, 256), (32, 1024)]}
     budget = args.budget_s or budget
     seq_max_t = args.seq_max_t or seq_max_t
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
@@ -773,12 +826,14 @@ def main(argv=None) -> int:
         (args.out / "results.md").write_text(markdown(info, rec.records))
 
     # Save after every part, so that a run cut short still leaves its results behind.
+    # Cheapest first: the scans' bandwidth and the fla comparison must not be starved by the
+    # paper setting's torch.compile of the sequential cells.
     for part in (
         lambda: correctness(rec, torch, device, sizes, fla),
+        lambda: time_scans(rec, clock, torch, device, grid[:1], ts, fla, peak),
         lambda: time_paper_setting(
             rec, clock, torch, device, cells, *paper_bn, compile_seq, **paper_kw
         ),
-        lambda: time_scans(rec, clock, torch, device, grid[:1], ts, fla, peak),
         lambda: time_cells(
             rec, clock, torch, device, cells, grid, ts, max_t, compile_seq, fla, peak
         ),

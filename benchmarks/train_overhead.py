@@ -33,12 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def experiment(args):
     from paralab.platform.config.load import load_experiment
 
-    return load_experiment(ROOT / "experiments" / "quickstart.yaml", [
-        "name=overhead", f"model.mode={args.mode}", f"train.steps={args.steps}",
-        "train.workers=1", f"train.cpus_per_worker={args.threads}", "train.batch_size=16",
-        f"train.log_every={args.log_every}", f"train.eval_every={args.steps}",
-        f"train.checkpoint_every={args.steps}", "train.eval_batches=1",
-    ])
+    return load_experiment(
+        ROOT / "experiments" / "quickstart.yaml",
+        [
+            "name=overhead",
+            f"model.mode={args.mode}",
+            f"train.steps={args.steps}",
+            "train.workers=1",
+            f"train.cpus_per_worker={args.threads}",
+            "train.batch_size=16",
+            f"train.log_every={args.log_every}",
+            f"train.eval_every={args.steps}",
+            f"train.checkpoint_every={args.steps}",
+            "train.eval_batches=1",
+        ],
+    )
 
 
 def bare_loop(cfg, data, warmup: int) -> float:
@@ -91,7 +100,9 @@ def paralab_run(cfg, warmup: int) -> tuple[float, float]:
     start = time.perf_counter()
     summary = launch(cfg, restart=True)
     wall = time.perf_counter() - start
-    history = MlflowClient(summary.tracking_uri).get_metric_history(summary.mlflow_run_id, "tokens_per_s")
+    history = MlflowClient(summary.tracking_uri).get_metric_history(
+        summary.mlflow_run_id, "tokens_per_s"
+    )
     rates = [m.value for m in history if warmup < m.step < cfg.train.steps]
     return statistics.median(rates), wall
 
@@ -104,7 +115,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", default="sequential")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; each path keeps its best")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_overhead.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_overhead.json"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="paralab-overhead-"))
@@ -120,27 +133,46 @@ def main() -> None:
     wall = float("inf")
     for _ in range(args.repeats):
         rows["bare"] = max(rows["bare"], bare_loop(cfg, data, args.warmup))
-        rows["paralab loop"] = max(rows["paralab loop"], paralab_loop(cfg, data, args.warmup, args.log_every))
+        rows["paralab loop"] = max(
+            rows["paralab loop"], paralab_loop(cfg, data, args.warmup, args.log_every)
+        )
         rate, seconds = paralab_run(cfg, args.warmup)
         rows["paralab run"], wall = max(rows["paralab run"], rate), min(wall, seconds)
 
-    print(f"\n{cfg.model.cell} d_model={cfg.model.d_model} layers={cfg.model.n_layers} "
-          f"batch={cfg.train.batch_size}x{cfg.data.seq_len} mode={args.mode} threads={args.threads}")
+    print(
+        f"\n{cfg.model.cell} d_model={cfg.model.d_model} layers={cfg.model.n_layers} "
+        f"batch={cfg.train.batch_size}x{cfg.data.seq_len} mode={args.mode} threads={args.threads}"
+    )
     print("| path | tokens/s | vs bare | overhead |")
     print("|---|---:|---:|---:|")
     for name, rate in rows.items():
-        print(f"| {name} | {rate:,.0f} | {rate / rows['bare']:.3f} | {1 - rate / rows['bare']:+.1%} |")
+        print(
+            f"| {name} | {rate:,.0f} | {rate / rows['bare']:.3f} | {1 - rate / rows['bare']:+.1%} |"
+        )
     print(f"\n`paralab run` wall time, Ray start-up and MLflow included: {wall:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "config": {"cell": cfg.model.cell, "d_model": cfg.model.d_model, "layers": cfg.model.n_layers,
-                   "batch": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "mode": args.mode,
-                   "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
-                   "repeats": args.repeats},
-        "tokens_per_s": rows,
-        "ratio_to_bare": {k: v / rows["bare"] for k, v in rows.items()},
-        "paralab_run_wall_s": wall,
-    }, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "cell": cfg.model.cell,
+                    "d_model": cfg.model.d_model,
+                    "layers": cfg.model.n_layers,
+                    "batch": cfg.train.batch_size,
+                    "seq_len": cfg.data.seq_len,
+                    "mode": args.mode,
+                    "threads": args.threads,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "repeats": args.repeats,
+                },
+                "tokens_per_s": rows,
+                "ratio_to_bare": {k: v / rows["bare"] for k, v in rows.items()},
+                "paralab_run_wall_s": wall,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 

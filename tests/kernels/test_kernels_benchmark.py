@@ -1,0 +1,37 @@
+"""The GPU benchmark script still runs: its tiny CPU mode, end to end, under the interpreter.
+
+The script is run once per lent GPU, so a break in it would otherwise surface only then, on
+scarce device time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_kernel_benchmark_smoke(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    records = results["records"]
+    assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
+    sections = {r["section"] for r in records}
+    assert {"correctness", "scan", "paper_L512", "grid"} <= sections
+    assert all(r["pass"] for r in records if r["section"] == "correctness")
+    impls = {r["impl"] for r in records if r["section"] == "grid" and "impl" in r}
+    assert {"sequential", "parallel_torch", "fused_triton", "fused_triton_chunked"} <= impls
+    paper = [r for r in records if r["section"] == "paper_L512"]
+    assert all(r["speedup_fused_triton_fwd"] > 0 for r in paper)
+    assert "## Paper setting" in (tmp_path / "results.md").read_text()

@@ -41,20 +41,6 @@ def load_gates(p, base3, o_t, o_n, m, N):
     return b_p0, b_p1, b_p2
 
 
-@triton.jit
-def load_pair(x0, x1, i_b, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
-    """Row ``i_b`` of two [B, N] tensors (initial states) as fp32 [BN] vectors; zeros when
-    not ``PRESENT``."""
-    if PRESENT:
-        o_x = i_b.to(tl.int64) * N + o_n
-        b_x0 = tl.load(x0 + o_x, mask=m_n, other=0.0).to(tl.float32)
-        b_x1 = tl.load(x1 + o_x, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_x0 = tl.zeros([BN], dtype=tl.float32)
-        b_x1 = tl.zeros([BN], dtype=tl.float32)
-    return b_x0, b_x1
-
-
 # Below this many tiles per program a sequence is short enough that launch overhead, not the
 # serial walk over time, dominates: solve it in one launch even if the GPU is not full.
 ONE_LAUNCH_MAX_TILES = 64

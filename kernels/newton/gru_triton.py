@@ -28,7 +28,7 @@ import triton.language as tl
 
 from paralab.kernels.newton.cells import gru_cell
 from paralab.kernels.newton.common import launch_chunked, load_gates, newton_launch_config, tanh
-from paralab.kernels.scan.triton import diag_tile_scan, last_row
+from paralab.kernels.scan.triton import diag_tile_scan, last_row, load_row
 
 
 @triton.jit
@@ -109,11 +109,7 @@ def _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_H0: tl.cons
     b_az = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ar = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    if HAS_H0:
-        b_h0 = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
-    return b_az, b_ar, b_ac, b_h0
+    return b_az, b_ar, b_ac, load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
 
 
 @triton.jit
@@ -166,10 +162,7 @@ def _gru_newton_fwd_kernel(
     base = i_b.to(tl.int64) * T * N
     b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_d = tl.load(carry + o_c, mask=m_n, other=0.0)
-    else:
-        b_d = tl.zeros([BN], dtype=tl.float32)
+    b_d = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     s_begin = i_g * ROWS
     b_d, b_prod, b_res = _gru_fwd_pass(
         p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, tl.minimum(s_begin + ROWS, T),
@@ -197,10 +190,7 @@ def _gru_newton_bwd_kernel(
     base3 = base * 3
     b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_lam = tl.load(carry + o_c, mask=m_n, other=0.0)
-    else:
-        b_lam = tl.zeros([BN], dtype=tl.float32)
+    b_lam = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     b_prod = tl.full([BN], 1.0, dtype=tl.float32)
     b_gaz = tl.zeros([BN], dtype=tl.float32)
     b_gar = tl.zeros([BN], dtype=tl.float32)

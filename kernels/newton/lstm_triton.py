@@ -25,7 +25,6 @@ from paralab.kernels.newton.cells import lstm_cell
 from paralab.kernels.newton.common import (
     launch_chunked,
     load_gates,
-    load_pair,
     newton_launch_config,
     tanh,
 )
@@ -33,6 +32,8 @@ from paralab.kernels.scan.triton import (
     block_tile_scan,
     compose_last_rows,
     last_row,
+    load_row,
+    load_row_pair,
     store_block_aggregate,
 )
 
@@ -172,7 +173,8 @@ def _lstm_newton_solve_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
     b_zero = tl.zeros([BN], dtype=tl.float32)
     out = _lstm_fwd_pass(
         p, c_even, h_even, c_odd, h_odd, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
@@ -206,14 +208,10 @@ def _lstm_newton_fwd_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_d0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
-        b_d1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
-    else:
-        b_d0 = tl.zeros([BN], dtype=tl.float32)
-        b_d1 = tl.zeros([BN], dtype=tl.float32)
+    b_d0, b_d1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     s_begin = i_g * ROWS
     b_d0, b_d1, b_p00, b_p01, b_p10, b_p11, b_res = _lstm_fwd_pass(
         p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
@@ -240,14 +238,10 @@ def _lstm_newton_bwd_kernel(
     base = i_b.to(tl.int64) * T * N
     base3 = base * 3
     b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0, b_h0 = load_pair(c0, h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    if HAS_CARRY:
-        b_l0 = tl.load(carry + o_c * 2, mask=m_n, other=0.0)
-        b_l1 = tl.load(carry + o_c * 2 + 1, mask=m_n, other=0.0)
-    else:
-        b_l0 = tl.zeros([BN], dtype=tl.float32)
-        b_l1 = tl.zeros([BN], dtype=tl.float32)
+    b_l0, b_l1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
     b_p01 = tl.zeros([BN], dtype=tl.float32)
     b_p10 = tl.zeros([BN], dtype=tl.float32)

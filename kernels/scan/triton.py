@@ -131,6 +131,31 @@ def last_row(x, BT: tl.constexpr):
 
 
 @triton.jit
+def load_row(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
+    """Row ``row`` of a [rows, N] tensor (an initial state, a group's carry) as an fp32 [BN]
+    vector; zeros when not ``PRESENT``."""
+    if PRESENT:
+        b_x = tl.load(x + row.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_x = tl.zeros([BN], dtype=tl.float32)
+    return b_x
+
+
+@triton.jit
+def load_row_pair(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
+    """Row ``row`` of a [rows, N, 2] tensor (a 2×2-block state) as two fp32 [BN] vectors;
+    zeros when not ``PRESENT``."""
+    if PRESENT:
+        o_x = (row.to(tl.int64) * N + o_n) * 2
+        b_x0 = tl.load(x + o_x + 0, mask=m_n, other=0.0).to(tl.float32)
+        b_x1 = tl.load(x + o_x + 1, mask=m_n, other=0.0).to(tl.float32)
+    else:
+        b_x0 = tl.zeros([BN], dtype=tl.float32)
+        b_x1 = tl.zeros([BN], dtype=tl.float32)
+    return b_x0, b_x1
+
+
+@triton.jit
 def compose_last_rows(b_a00, b_a01, b_a10, b_a11, b_p00, b_p01, b_p10, b_p11, BT: tl.constexpr):
     """(last row of the scanned 2×2 tile) @ (product so far): the running product of a
     group's coefficients, as four [BN] vectors."""
@@ -306,10 +331,7 @@ def _diag_chunk_carry_kernel(
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
-    if HAS_H0:
-        b_h = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_h = tl.zeros([BN], dtype=tl.float32)
+    b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
     for i_g in range(G):
         o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
         tl.store(carry + o_c, b_h, mask=m_n)
@@ -331,17 +353,11 @@ def _diag_chunk_scan_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     if HAS_CARRY:
-        o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-        b_h = tl.load(carry + o_c, mask=m_n, other=0.0)
-    elif HAS_H0:
-        b_h = tl.load(h0 + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_h = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, True)
     else:
-        b_h = tl.zeros([BN], dtype=tl.float32)
+        b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
     b_prod = tl.full([BN], 1.0, dtype=tl.float32)
-    if HAS_HINIT:
-        b_hinit = tl.load(h_init + i_b.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_hinit = tl.zeros([BN], dtype=tl.float32)
+    b_hinit = load_row(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
@@ -389,13 +405,7 @@ def _block_chunk_carry_kernel(
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
-    if HAS_H0:
-        o_h0 = (i_b.to(tl.int64) * N + o_n) * 2
-        b_h0 = tl.load(h0 + o_h0 + 0, mask=m_n, other=0.0).to(tl.float32)
-        b_h1 = tl.load(h0 + o_h0 + 1, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
-        b_h1 = tl.zeros([BN], dtype=tl.float32)
+    b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0)
     for i_g in range(G):
         o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
         tl.store(carry + o_c * 2 + 0, b_h0, mask=m_n)
@@ -422,27 +432,14 @@ def _block_chunk_scan_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     if HAS_CARRY:
-        o_c = ((i_b.to(tl.int64) * G + i_g) * N + o_n) * 2
-        b_h0 = tl.load(carry + o_c + 0, mask=m_n, other=0.0)
-        b_h1 = tl.load(carry + o_c + 1, mask=m_n, other=0.0)
-    elif HAS_H0:
-        o_h0 = (i_b.to(tl.int64) * N + o_n) * 2
-        b_h0 = tl.load(h0 + o_h0 + 0, mask=m_n, other=0.0).to(tl.float32)
-        b_h1 = tl.load(h0 + o_h0 + 1, mask=m_n, other=0.0).to(tl.float32)
+        b_h0, b_h1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, True)
     else:
-        b_h0 = tl.zeros([BN], dtype=tl.float32)
-        b_h1 = tl.zeros([BN], dtype=tl.float32)
+        b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0)
     b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
     b_p01 = tl.zeros([BN], dtype=tl.float32)
     b_p10 = tl.zeros([BN], dtype=tl.float32)
     b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
-    if HAS_HINIT:
-        o_hi = (i_b.to(tl.int64) * N + o_n) * 2
-        b_hi0 = tl.load(h_init + o_hi + 0, mask=m_n, other=0.0).to(tl.float32)
-        b_hi1 = tl.load(h_init + o_hi + 1, mask=m_n, other=0.0).to(tl.float32)
-    else:
-        b_hi0 = tl.zeros([BN], dtype=tl.float32)
-        b_hi1 = tl.zeros([BN], dtype=tl.float32)
+    b_hi0, b_hi1 = load_row_pair(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(

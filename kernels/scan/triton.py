@@ -71,6 +71,13 @@ LOG2_BT_MAX = tl.constexpr(7)  # tiles hold at most 128 rows
 
 
 @triton.jit
+def _shift_rows(x, m_sel):
+    """Row i of the result is row i - 2^k of the [BT, BN] tile x (zero above), where m_sel is
+    the [BT, BT, 1] one-hot selector of that shift."""
+    return tl.sum(tl.where(m_sel, x[None, :, :], 0.0), axis=1)
+
+
+@triton.jit
 def diag_tile_scan(b_a, b_b, BT: tl.constexpr, USE_ASSOC: tl.constexpr):
     """Inclusive scan down the rows of a [BT, BN] tile of diagonal elements (a, b): row i
     becomes the composite of rows 0..i."""
@@ -83,8 +90,8 @@ def diag_tile_scan(b_a, b_b, BT: tl.constexpr, USE_ASSOC: tl.constexpr):
         for k in tl.static_range(LOG2_BT_MAX):
             if (1 << k) < BT:
                 m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
-                b_a_prev = tl.sum(tl.where(m_sel, b_a[None, :, :], 0.0), axis=1)
-                b_b_prev = tl.sum(tl.where(m_sel, b_b[None, :, :], 0.0), axis=1)
+                b_a_prev = _shift_rows(b_a, m_sel)
+                b_b_prev = _shift_rows(b_b, m_sel)
                 m_has = (o_i >= (1 << k))[:, None]
                 b_b = tl.where(m_has, b_a * b_b_prev + b_b, b_b)
                 b_a = tl.where(m_has, b_a * b_a_prev, b_a)
@@ -105,12 +112,12 @@ def block_tile_scan(
         for k in tl.static_range(LOG2_BT_MAX):
             if (1 << k) < BT:
                 m_sel = ((o_i[:, None] - (1 << k)) == o_i[None, :])[:, :, None]
-                x00 = tl.sum(tl.where(m_sel, b_a00[None, :, :], 0.0), axis=1)
-                x01 = tl.sum(tl.where(m_sel, b_a01[None, :, :], 0.0), axis=1)
-                x10 = tl.sum(tl.where(m_sel, b_a10[None, :, :], 0.0), axis=1)
-                x11 = tl.sum(tl.where(m_sel, b_a11[None, :, :], 0.0), axis=1)
-                x0 = tl.sum(tl.where(m_sel, b_b0[None, :, :], 0.0), axis=1)
-                x1 = tl.sum(tl.where(m_sel, b_b1[None, :, :], 0.0), axis=1)
+                x00 = _shift_rows(b_a00, m_sel)
+                x01 = _shift_rows(b_a01, m_sel)
+                x10 = _shift_rows(b_a10, m_sel)
+                x11 = _shift_rows(b_a11, m_sel)
+                x0 = _shift_rows(b_b0, m_sel)
+                x1 = _shift_rows(b_b1, m_sel)
                 m_has = (o_i >= (1 << k))[:, None]
                 c00, c01, c10, c11, c0, c1 = _combine_block(
                     x00, x01, x10, x11, x0, x1, b_a00, b_a01, b_a10, b_a11, b_b0, b_b1

@@ -129,6 +129,29 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
     return found
 
 
+# Ray Train's record of a run's reported checkpoints (ray.train.v2 constants).
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
+    """The step Ray Train will restore a run from: the latest checkpoint in its snapshot.
+
+    Folders on storage are not enough. A crash between a checkpoint's upload and Ray's
+    snapshot update leaves a complete folder the snapshot does not list; Ray then restarts
+    from the snapshot's latest (recomputing, and rewriting, the steps after it). None when
+    Ray has no snapshot, which is a fresh start.
+    """
+    import json
+
+    try:
+        with fs.open_input_stream(f"{run_path.rstrip('/')}/{RAY_SNAPSHOT}") as stream:
+            latest = json.loads(stream.read()).get("latest_checkpoint_result")
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    match = CHECKPOINT_RE.match((latest or {}).get("checkpoint_dir_name") or "")
+    return int(match.group(1)) if match else None
+
+
 BEST_RE = re.compile(r"^best_checkpoint_(\d+)$")
 
 

@@ -162,7 +162,7 @@ class RunPlan:
     fs: Any
     """The ``pyarrow`` filesystem of ``root``."""
     resumed_from: int | None
-    """Step of the latest complete checkpoint, None for a fresh run."""
+    """Step Ray Train restores from (its snapshot's latest checkpoint), None for a fresh run."""
 
     @property
     def run_path(self) -> str:
@@ -189,8 +189,8 @@ def plan_run(cfg: ExperimentConfig, *, restart: bool = False, create_bucket: boo
     gens = existing_generations(fs, root, cfg.name, identity)
     generation = (gens[-1] + 1 if gens else 0) if restart else (gens[-1] if gens else 0)
     run_name = run_dir_name(cfg.name, identity, generation)
-    done = ckpt.list_checkpoints(fs, f"{root.rstrip('/')}/{run_name}")
-    return RunPlan(identity, generation, run_name, storage, root, fs, max(done) if done else None)
+    resumed_from = ckpt.resume_step(fs, f"{root.rstrip('/')}/{run_name}")
+    return RunPlan(identity, generation, run_name, storage, root, fs, resumed_from)
 
 
 def open_tracker(cfg: ExperimentConfig, plan: RunPlan, parent_run_id: str | None = None) -> tuple[Tracker, bool]:

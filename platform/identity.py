@@ -24,6 +24,7 @@ from paralab.platform.config.schema import ExperimentConfig
 NON_SEMANTIC = (
     "storage",
     "sweep",
+    "scaling",
     "tracking",
     "data.cache_dir",
     "train.log_every",

@@ -20,8 +20,10 @@ def test_there_are_experiments():
 def test_experiment_validates(path):
     cfg = load_experiment(path)
     assert cfg.name
-    if "sweeps" in path.parts:
+    if "scaling" in path.parts:
+        assert cfg.scaling is not None, "a file under experiments/scaling/ needs a scaling: section"
+    if "sweeps" in path.parts or "scaling" in path.parts:
         from paralab.platform.tune import check_params
 
-        assert cfg.sweep is not None, "a file under experiments/sweeps/ needs a sweep: section"
+        assert cfg.sweep is not None, f"a file under {path.parent.name}/ needs a sweep: section"
         check_params(path, [], cfg.sweep)  # every swept key and value applies to the schema

@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = {"platform": "paralab.platform", "kernels": "paralab.kernels", "models": "paralab.models"}
+MAPPED = {
+    "platform": "paralab.platform",
+    "kernels": "paralab.kernels",
+    "models": "paralab.models",
+    "dashboards": "paralab.dashboards",
+}
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 

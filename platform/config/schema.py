@@ -365,6 +365,32 @@ class SweepConfig:
                 raise ValueError("scheduler.type pbt needs at least one non-grid space to perturb")
 
 
+SCALING_AXES = ("params", "flops", "tokens")
+
+
+@dataclass
+class ScalingConfig:
+    """A scaling-law study over a sweep's finished trials (`paralab scaling`): for each scale
+    axis x and each group, fit metric ≈ E + A·x^(−α)."""
+
+    metric: str = "val_loss"
+    """Reported metric to fit: its last logged value in each finished trial."""
+    x: list[str] = field(default_factory=lambda: ["params", "flops"])
+    """Scale axes: `params` (non-embedding parameters), `flops` (training FLOPs, Newton
+    iterations and backward included), `tokens` (training tokens)."""
+    group_by: list[str] = field(default_factory=list)
+    """Dotted experiment keys (`model.cell`): one fit per distinct combination of their values."""
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            raise ValueError("metric must be a reported metric name, e.g. val_loss")
+        if not self.x:
+            raise ValueError(f"x must name at least one scale axis of {', '.join(SCALING_AXES)}")
+        for axis in self.x:
+            if axis not in SCALING_AXES:
+                raise ValueError(f"x: {axis!r} is not a scale axis; use {', '.join(SCALING_AXES)}")
+
+
 @dataclass
 class ExperimentConfig:
     """One experiment: what to train, on what, how, and where its results go."""
@@ -383,6 +409,8 @@ class ExperimentConfig:
     """MLflow tracking."""
     sweep: SweepConfig | None = None
     """A hyperparameter sweep over this experiment (`paralab sweep`); ignored by `paralab run`."""
+    scaling: ScalingConfig | None = None
+    """Power-law fits over the sweep's trials (`paralab scaling`); needs `sweep:`."""
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):

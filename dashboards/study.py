@@ -1,0 +1,169 @@
+"""``paralab scaling FILE``: fit power laws to a finished sweep and write the report.
+
+The study is the sweep YAML itself; its ``scaling:`` section says what to fit (defaults:
+the sweep's metric against non-embedding parameters and training FLOPs, one fit over all
+trials). Re-running the command re-reads MLflow, so a sweep resumed or extended later is
+refitted from everything it has.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paralab.dashboards.points import (
+    ScalingError,
+    ScalingPoint,
+    collect_points,
+    group_label,
+    lookup,
+)
+from paralab.dashboards.powerlaw import PowerLawFit, fit_power_law
+
+AXIS_LABEL = {
+    "params": "non-embedding parameters",
+    "flops": "training FLOPs",
+    "tokens": "training tokens",
+}
+
+
+@dataclass
+class ScalingStudy:
+    path: str
+    metric: str
+    axes: list[str]
+    points: list[ScalingPoint]
+    skipped: list[tuple[str, str]]
+    fits: dict[tuple[str, str], PowerLawFit | str] = field(default_factory=dict)
+    """(group label, axis) → the fit, or why there is none."""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    experiment: str = ""
+    output_dir: Path = Path(".")
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def groups(self) -> dict[str, list[ScalingPoint]]:
+        out: dict[str, list[ScalingPoint]] = {}
+        for p in self.points:
+            out.setdefault(group_label(p.group), []).append(p)
+        return out
+
+
+def fit_study(study: ScalingStudy) -> None:
+    for label, points in study.groups().items():
+        for axis in study.axes:
+            xs = [p.x(axis) for p in points]
+            try:
+                study.fits[(label, axis)] = fit_power_law(xs, [p.metric for p in points])
+            except ValueError as err:
+                study.fits[(label, axis)] = str(err)
+
+
+def run_study(path: str, overrides: list[str], out: Path | None = None) -> ScalingStudy:
+    """Collect, fit, write ``scaling.json|md|png`` and log them to the sweep's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from paralab.platform.config.schema import ScalingConfig, project_dir
+    from paralab.platform.tracking.mlflow import tracking_uri
+    from paralab.platform.tune.sweep import plan_sweep
+
+    plan = plan_sweep(path, overrides)
+    scaling = plan.cfg.scaling or ScalingConfig(metric=plan.sweep.metric)
+    for key in scaling.group_by:
+        lookup(plan.cfg, key)  # a typo fails here, before MLflow is read
+    uri = tracking_uri(plan.cfg.tracking)
+    client = MlflowClient(tracking_uri=uri)
+    parent, points, skipped = collect_points(client, plan, scaling)
+    if not points:
+        reasons = "; ".join(f"{label}: {why}" for label, why in skipped[:3]) or "no trials"
+        raise ScalingError(f"{path}: no finished trial with {scaling.metric} to fit ({reasons})")
+    study = ScalingStudy(
+        path=str(path), metric=scaling.metric, axes=list(scaling.x), points=points,
+        skipped=skipped, parent_run_id=parent.info.run_id, tracking_uri=uri,
+        experiment=plan.experiment,
+        output_dir=out or project_dir() / ".paralab" / "scaling" / plan.name,
+    )  # fmt: skip
+    fit_study(study)
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    from paralab.dashboards import plots
+
+    study.files = {
+        "scaling.json": write_json(study, study.output_dir / "scaling.json"),
+        "scaling.md": write_markdown(study, study.output_dir / "scaling.md"),
+        "scaling.png": plots.plot_study(study, study.output_dir / "scaling.png"),
+    }
+    log_to_mlflow(client, study)
+    return study
+
+
+def write_json(study: ScalingStudy, path: Path) -> Path:
+    doc = {
+        "study": study.path,
+        "metric": study.metric,
+        "mlflow": {"tracking_uri": study.tracking_uri, "experiment": study.experiment,
+                   "parent_run_id": study.parent_run_id},
+        "fits": [
+            {"group": label, "x": axis,
+             **(fit.to_dict() if isinstance(fit, PowerLawFit) else {"error": fit})}
+            for (label, axis), fit in study.fits.items()
+        ],
+        "points": [
+            {"run_id": p.run_id, "trial": p.label, "group": dict(p.group), "params": p.params,
+             "flops": p.flops, "tokens": p.tokens, study.metric: p.metric}
+            for p in study.points
+        ],
+        "skipped": [{"trial": label, "reason": why} for label, why in study.skipped],
+    }  # fmt: skip
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return path
+
+
+def write_markdown(study: ScalingStudy, path: Path) -> Path:
+    lines = [
+        f"# Scaling study: `{study.path}`", "",
+        f"{study.metric} ≈ E + A·x^(−α), fitted in log space to {len(study.points)} finished "
+        f"trial(s); MLflow parent run `{study.parent_run_id}` in experiment `{study.experiment}`.",
+        "", "![fits](scaling.png)", "",
+        "| group | x | α | A | E | R² (log) | points | x range |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for (label, axis), fit in study.fits.items():
+        if isinstance(fit, PowerLawFit):
+            se = f" ± {fit.alpha_stderr:.2g}" if fit.alpha_stderr is not None else ""
+            floor = f"{fit.E:.4g}" if fit.floor_fitted else "0 (held: < 4 points)"
+            lines.append(
+                f"| {label} | {axis} | {fit.alpha:.3f}{se} | {fit.A:.4g} | {floor} | "
+                f"{fit.r2_log:.3f} | {fit.n} | {fit.x_min:.3g} … {fit.x_max:.3g} |"
+            )
+        else:
+            lines.append(f"| {label} | {axis} | no fit: {fit} ||||||")
+    lines += ["", "## Points", "", f"| trial | group | params | FLOPs | tokens | {study.metric} |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for p in study.points:
+        lines.append(f"| {p.label} | {group_label(p.group)} | {p.params:,} | {p.flops:.3g} | "
+                     f"{p.tokens:,} | {p.metric:.4f} |")  # fmt: skip
+    if study.skipped:
+        lines += ["", "## Left out", ""] + [f"- {label}: {why}" for label, why in study.skipped]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _metric_key(*parts: str) -> str:
+    """An MLflow metric name from free text (letters, digits, _ - . / and spaces only)."""
+    return ".".join(re.sub(r"[^\w\-./ ]", "_", part) for part in parts)
+
+
+def log_to_mlflow(client: Any, study: ScalingStudy) -> None:
+    """The report's files under ``scaling/`` of the sweep's parent run, and each fit's
+    exponent as a metric, so studies can be compared in the MLflow UI."""
+    for path in study.files.values():
+        client.log_artifact(study.parent_run_id, str(path), artifact_path="scaling")
+    for (label, axis), fit in study.fits.items():
+        if isinstance(fit, PowerLawFit):
+            client.log_metric(
+                study.parent_run_id, _metric_key("scaling", label, axis, "alpha"), fit.alpha
+            )
+            client.log_metric(study.parent_run_id, _metric_key("scaling", label, axis, "E"), fit.E)

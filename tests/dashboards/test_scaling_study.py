@@ -1,0 +1,121 @@
+"""`paralab scaling FILE`: from a sweep's runs in MLflow to fits, a report, a figure, and
+artifacts on the sweep's parent run.
+
+The first tests write sweep runs straight into a real MLflow store, with metrics that follow
+a known law of each trial's exact parameter count, so the fit has a right answer. The last
+runs a real (tiny) sweep on Ray and fits it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from paralab_testing import ROOT, mlflow_at, run_paralab
+
+from paralab.models.flops import param_count
+from paralab.platform.tune.sweep import plan_sweep
+from paralab.platform.tune.trial import SWEEP_TAG, VALUES_TAG
+
+STUDY = ROOT / "experiments" / "scaling" / "cells.yaml"
+WIDTHS = [16, 24, 32, 48, 64]
+OVERRIDES = [f"sweep.params[model.d_model].values={WIDTHS}".replace(" ", "")]
+LAW = {"paragru": (1.5, 30.0, 0.25), "paralstm": (1.2, 20.0, 0.2)}  # E, A, alpha
+
+
+def _record_sweep(home, overrides=OVERRIDES, killed=("paralstm", 64)):
+    """A finished sweep as `paralab sweep` leaves it in MLflow: a parent run, a child per trial."""
+    plan = plan_sweep(STUDY, overrides)
+    client = mlflow_at(home)
+    exp_id = client.create_experiment(plan.experiment)
+    parent = client.create_run(exp_id, tags={SWEEP_TAG: plan.sweep_id, "paralab.kind": "sweep"})
+    for values in plan.trials:
+        cfg = plan.trial_cfg(values)
+        E, A, alpha = LAW[cfg.model.cell]
+        n = param_count(cfg.model, embeddings=False)
+        child = client.create_run(exp_id, tags={
+            "mlflow.parentRunId": parent.info.run_id, VALUES_TAG: json.dumps(values),
+            "mlflow.runName": f"d_model={values['model.d_model']} cell={values['model.cell']}",
+        })  # fmt: skip
+        client.log_metric(child.info.run_id, "val_loss", E + A * n**-alpha, step=cfg.train.steps)
+        if (values["model.cell"], values["model.d_model"]) == killed:
+            client.set_tag(child.info.run_id, "paralab.sweep.stopped_at_step", "8")
+            client.set_terminated(child.info.run_id, "KILLED")
+        else:
+            client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return client, parent.info.run_id
+
+
+def test_fits_each_group_to_its_law_and_records_everything(tmp_path):
+    home = tmp_path / "home"
+    client, parent_id = _record_sweep(home)
+    proc = run_paralab(home, "scaling", str(STUDY), *OVERRIDES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "left out" in proc.stdout and "stopped early at step 8" in proc.stdout
+
+    out = home / ".paralab" / "scaling"
+    (folder,) = out.iterdir()
+    doc = json.loads((folder / "scaling.json").read_text())
+    fits = {(f["group"], f["x"]): f for f in doc["fits"]}
+    assert set(fits) == {(f"model.cell={c}", x) for c in LAW for x in ("params", "flops")}
+    for cell, (E, A, alpha) in LAW.items():
+        fit = fits[(f"model.cell={cell}", "params")]
+        assert fit["n"] == (4 if cell == "paralstm" else 5)  # the stopped trial is left out
+        assert fit["alpha"] == pytest.approx(alpha, rel=1e-3)
+        assert fit["E"] == pytest.approx(E, rel=1e-3)
+        assert fit["A"] == pytest.approx(A, rel=1e-2)
+        assert fits[(f"model.cell={cell}", "flops")]["r2_log"] > 0.99
+    assert len(doc["points"]) == 9 and doc["skipped"][0]["reason"] == "stopped early at step 8"
+    report = (folder / "scaling.md").read_text()
+    assert "| model.cell=paragru | params | 0.250" in report
+    assert (folder / "scaling.png").stat().st_size > 10_000
+
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "scaling")}
+    assert artifacts == {"scaling/scaling.json", "scaling/scaling.md", "scaling/scaling.png"}
+    metrics = client.get_run(parent_id).data.metrics
+    assert metrics["scaling.model.cell_paragru.params.alpha"] == pytest.approx(0.25, rel=1e-3)
+
+
+def test_a_sweep_never_run_is_one_line_and_exit_2(tmp_path):
+    proc = run_paralab(tmp_path / "home", "scaling", str(STUDY))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no sweep of this file" in proc.stderr and "paralab sweep" in proc.stderr
+
+
+def test_a_bad_group_key_is_one_line_and_exit_2(tmp_path):
+    proc = run_paralab(tmp_path / "home", "scaling", str(STUDY), "scaling.group_by=[model.celll]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "scaling.group_by: 'model.celll' is not an experiment key" in proc.stderr
+
+
+def test_a_group_with_one_width_says_why_it_has_no_fit(tmp_path):
+    home = tmp_path / "home"
+    overrides = ["sweep.params[model.d_model].values=[16,32]"]
+    _record_sweep(home, overrides, killed=("paralstm", 32))
+    proc = run_paralab(home, "scaling", str(STUDY), *overrides)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no fit" in proc.stdout and "two distinct x" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_real_sweep_then_scaling(tmp_path):
+    """The README's workflow on a tiny preset: sweep three widths of one cell, then fit."""
+    home = tmp_path / "home"
+    tiny = [
+        "sweep.params[model.d_model].values=[8,16,32]", "sweep.params[model.cell].values=[paragru]",
+        "model.n_layers=1", "model.mode=sequential", "data.seq_len=16", "data.max_tokens=20000",
+        "train.steps=4", "train.batch_size=4", "train.workers=1", "train.cpus_per_worker=1",
+        "train.eval_every=4", "train.checkpoint_every=4", "train.eval_batches=1",
+        "tracking.log_model=false",
+    ]  # fmt: skip
+    proc = run_paralab(home, "sweep", str(STUDY), *tiny, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_paralab(home, "scaling", str(STUDY), *tiny)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (folder,) = (home / ".paralab" / "scaling").iterdir()
+    doc = json.loads((folder / "scaling.json").read_text())
+    assert len(doc["points"]) == 3
+    assert [p["params"] for p in doc["points"]] == sorted(p["params"] for p in doc["points"])
+    assert {f["x"] for f in doc["fits"] if "alpha" in f} == {"params", "flops"}

@@ -2,7 +2,9 @@
 
     paralab validate FILE [KEY=VALUE ...]
     paralab run FILE [KEY=VALUE ...] [--restart]
+    paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265 [--follow]
     paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored]
+    paralab scaling FILE [KEY=VALUE ...] [--out DIR]
     paralab ui [--port 5000]
     paralab stack up|down|status
 """
@@ -141,10 +143,67 @@ def _next_steps(summary, file: str) -> None:
     console.print(f"  try the other cell:            {paralab} run {file} model.cell=paralstm")
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from paralab.platform.jobs.submit import follow, plan_submission, submit
+
+    sub = plan_submission(args.file, args.overrides, args.address)
+    cfg = sub.cfg
+    console.print(f"[cyan]paralab[/] submitting {escape(cfg.name)} to {escape(sub.address)} "
+                  "with this checkout's code", soft_wrap=True)
+    job_id = submit(sub)
+    address = escape(sub.address)
+    console.print(f"[bold]submitted[/] job {escape(job_id)}", soft_wrap=True)
+    console.print(f"  MLflow:       experiment {escape(cfg.tracking.experiment or cfg.name)} "
+                  f"@ {escape(cfg.tracking.uri)}", soft_wrap=True)
+    console.print(f"  checkpoints:  {escape(cfg.storage.uri)}", soft_wrap=True)
+    console.print(f"  logs:         ray job logs --address {address} --follow {escape(job_id)}",
+                  soft_wrap=True)
+    console.print(f"  stop:         ray job stop --address {address} {escape(job_id)}",
+                  soft_wrap=True)
+    if not args.follow:
+        return 0
+    status = follow(sub.address, job_id, lambda text: console.out(text, end="", highlight=False))
+    ok = status == "SUCCEEDED"
+    console.print(f"[{'green' if ok else 'red'}]job {escape(job_id)} {status}[/]")
+    return 0 if ok else 1
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from paralab.platform.tune.command import sweep_command
 
     return sweep_command(args, console, err_console)
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from paralab.dashboards.powerlaw import PowerLawFit
+    from paralab.dashboards.study import run_study
+
+    study = run_study(args.file, args.overrides, Path(args.out) if args.out else None)
+    table = Table(title=f"{study.metric} ≈ E + A·x^(−α)", title_justify="left")
+    for column in ("group", "x", "α", "A", "E", "R² (log)", "points"):
+        table.add_column(column, justify="left" if column in ("group", "x") else "right")
+    for (label, axis), fit in study.fits.items():
+        if isinstance(fit, PowerLawFit):
+            se = f" ± {fit.alpha_stderr:.2g}" if fit.alpha_stderr is not None else ""
+            table.add_row(escape(label), axis, f"{fit.alpha:.3f}{se}", f"{fit.A:.4g}",
+                          f"{fit.E:.4g}" if fit.floor_fitted else "0 (held)",
+                          f"{fit.r2_log:.3f}", str(fit.n))  # fmt: skip
+        else:
+            table.add_row(escape(label), axis, "[yellow]no fit[/]", "", "", "", "")
+    console.print(table)
+    for (label, axis), fit in study.fits.items():
+        if not isinstance(fit, PowerLawFit):
+            console.print(f"[yellow]no fit[/] for {escape(label)} against {axis}: {escape(fit)}",
+                          soft_wrap=True)
+    for label, why in study.skipped:
+        console.print(f"[yellow]left out[/] {escape(label)}: {escape(why)}", soft_wrap=True)
+    console.print(f"report: {study.files['scaling.md']} (scaling.png, scaling.json beside it)",
+                  soft_wrap=True)
+    console.print(f"MLflow: artifacts scaling/ of parent run {study.parent_run_id} in experiment "
+                  f"{study.experiment} @ {study.tracking_uri}", soft_wrap=True)
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -211,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create the storage.uri bucket if it does not exist")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("submit", help="run an experiment as a Ray job on a cluster, with this checkout's code")
+    experiment_args(p)
+    p.add_argument("--address", metavar="URL",
+                   help="the cluster's job API, e.g. http://127.0.0.1:8265 "
+                        "(default: env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--follow", action="store_true",
+                   help="stream the job's logs until it ends; exit 0 only if it succeeded")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("sweep", help="run the YAML's sweep: section as a Ray Tune sweep of runs")
     experiment_args(p)
     p.add_argument("--dry-run", action="store_true",
@@ -220,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume (implied): run the trials that failed again")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scaling", help="fit power laws to a finished sweep and write the report")
+    experiment_args(p)
+    p.add_argument("--out", metavar="DIR",
+                   help="where scaling.md|png|json go (default .paralab/scaling/<sweep>/)")
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("stack", help="local S3 (SeaweedFS) and MLflow server for this project")
     p.add_argument("action", choices=["up", "down", "status"])
@@ -232,8 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides come after options too (`run FILE --restart k=v`),
+    which argparse alone refuses once an option has ended the positionals."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except _user_errors() as err:

@@ -23,7 +23,9 @@ def test_cli_surface_is_frozen():
     assert surface(build_parser()) == {
         "validate": ["--help", "file", "overrides"],
         "run": ["--create-bucket", "--help", "--restart", "file", "overrides"],
+        "submit": ["--address", "--follow", "--help", "file", "overrides"],
         "sweep": ["--dry-run", "--help", "--resume", "--retry-errored", "file", "overrides"],
+        "scaling": ["--help", "--out", "file", "overrides"],
         "stack": ["--help", "action"],
         "ui": ["--help", "--host", "--port"],
     }
@@ -36,7 +38,9 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith(f"paralab {package_version()}+")
 
 
-@pytest.mark.parametrize("command", ["validate", "run", "sweep", "stack", "ui"])
+@pytest.mark.parametrize(
+    "command", ["validate", "run", "submit", "sweep", "scaling", "stack", "ui"]
+)
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -56,3 +60,19 @@ def test_stack_status_when_down(tmp_path, monkeypatch, capsys):
     assert main(["stack", "status"]) == 0
     out = capsys.readouterr().out
     assert "seaweedfs" in out and "mlflow" in out and "export" not in out
+
+
+def test_overrides_may_follow_options():
+    from paralab.platform.cli import parse
+
+    args = parse(["run", "f.yaml", "a.b=1", "--restart", "c.d=2"])
+    assert args.restart and args.overrides == ["a.b=1", "c.d=2"]
+    args = parse(["submit", "f.yaml", "--address", "http://h:8265", "--follow", "x=1"])
+    assert args.follow and args.address == "http://h:8265" and args.overrides == ["x=1"]
+
+
+def test_stray_arguments_still_fail(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "f.yaml", "--restart", "notanoverride"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: notanoverride" in capsys.readouterr().err

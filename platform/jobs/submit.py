@@ -1,0 +1,189 @@
+"""``paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265``.
+
+A submitted run is an ordinary ``paralab run`` executed by a Ray job on the cluster. The job
+carries two things from this machine:
+
+- the **resolved experiment** (the file with its overrides applied and the tracking and
+  storage locations made explicit), as ``experiment.yaml`` in the job's working directory;
+- **paralab's code** from this checkout, as a ``py_modules`` entry, so the cluster runs
+  exactly the code that was tested here, whatever version its image has installed.
+
+The cluster's Python must already have paralab's dependencies (torch, Ray, MLflow, ...):
+the cluster configs under ``cluster/`` install them. Credentials never travel with the job;
+the nodes get them from their instance role or environment.
+
+A job's working directory is temporary, so the embedded defaults (``.paralab/storage`` and
+``.paralab/mlflow.db`` under it) would vanish with the job: submission is refused unless
+checkpoints go to S3 or an absolute path, and runs to an MLflow server or an absolute
+SQLite file. Prepared data goes beside the checkpoints (``<storage>/data``) unless
+``data.cache_dir`` says otherwise, since the driver writes it and every worker reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paralab.platform.config.load import ConfigError, load_experiment, to_yaml
+from paralab.platform.config.schema import ExperimentConfig
+
+PACKAGES = ("platform", "kernels", "models", "dashboards")
+"""paralab's mapped folders, shipped as the ``paralab`` namespace package."""
+
+
+class SubmitError(ConfigError):
+    """A submission that cannot work as asked; the message is meant for the user as is."""
+
+
+@dataclass
+class Submission:
+    """What ``paralab submit`` sends: the job's entrypoint and runtime environment."""
+
+    address: str
+    cfg: ExperimentConfig
+    entrypoint: str
+    runtime_env: dict
+    submission_id: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    stage: Path | None = None
+    """Local staging folder (removed after the upload)."""
+
+
+def job_address(address: str | None) -> str:
+    """``--address``, else ``RAY_API_SERVER_ADDRESS``, else an ``http(s)://`` ``RAY_ADDRESS``."""
+    for value in (address, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+        if value and value.startswith(("http://", "https://")):
+            return value.rstrip("/")
+        if value and value is address:
+            raise SubmitError(
+                f"--address {value!r}: the job API is the dashboard's HTTP address, "
+                "e.g. http://HEAD:8265"
+            )
+    raise SubmitError(
+        "paralab submit needs the cluster's job API: --address http://HEAD:8265 "
+        "(or env RAY_API_SERVER_ADDRESS); `ray dashboard cluster/aws.yaml` forwards it to "
+        "http://127.0.0.1:8265"
+    )
+
+
+def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with tracking and storage locations made explicit, or SubmitError."""
+    tracking = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not tracking:
+        raise SubmitError(
+            "tracking.uri: a submitted run needs an MLflow server the cluster can reach, e.g. "
+            "tracking.uri=http://mlflow.internal:5000 (the default SQLite file would live in "
+            "the job's temporary working directory)"
+        )
+    if tracking.startswith("sqlite:///") and not tracking.startswith("sqlite:////"):
+        raise SubmitError(
+            f"tracking.uri: {tracking!r} is relative to the job's temporary working "
+            "directory; use an MLflow server, or sqlite://// with an absolute path"
+        )
+    storage = cfg.storage.uri or os.environ.get("PARALAB_STORAGE", "")
+    local = storage.removeprefix("file://")
+    if not storage or (not storage.startswith("s3://") and not Path(local).is_absolute()):
+        raise SubmitError(
+            f"storage.uri: {storage or '(default .paralab/storage)'!r} would be inside the "
+            "job's temporary working directory; use s3://bucket/prefix, or an absolute path "
+            "on a filesystem the cluster shares"
+        )
+    cfg.tracking.uri = tracking
+    cfg.storage.uri = storage
+    if not cfg.data.cache_dir:
+        # The driver prepares the shards and the workers read them: on a cluster both must see
+        # the same folder, and the default (under the job's working directory) is neither.
+        cfg.data.cache_dir = f"{storage.rstrip('/')}/data"
+    if storage.startswith("s3://") and not cfg.storage.endpoint_url:
+        cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL") or None
+    return cfg
+
+
+def _stage_code(stage: Path) -> Path:
+    """Copy paralab's sources (the installed folders this command runs from) into
+    ``stage/paralab``: Python files and package data, no caches."""
+    import importlib
+
+    root = stage / "paralab"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
+    for name in PACKAGES:
+        package = importlib.import_module(f"paralab.{name}")
+        (source,) = list(package.__path__)[:1]
+        shutil.copytree(source, root / name, ignore=ignore)
+    return root
+
+
+def plan_submission(file: str, overrides: list[str], address: str | None) -> Submission:
+    """Check everything that can be checked here, and stage the job's files."""
+    from paralab.platform.identity import code_version, run_identity
+
+    url = job_address(address)
+    cfg = _durable(load_experiment(file, overrides))
+    stage = Path(tempfile.mkdtemp(prefix="paralab-submit-"))
+    work = stage / "work"
+    work.mkdir()
+    (work / "experiment.yaml").write_text(to_yaml(cfg))
+    code = _stage_code(stage)
+    identity = run_identity(cfg)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe_name = re.sub(r"[^A-Za-z0-9_-]", "-", cfg.name)
+    return Submission(
+        address=url,
+        cfg=cfg,
+        entrypoint="python -m paralab.platform.cli run experiment.yaml",
+        runtime_env={"working_dir": str(work), "py_modules": [str(code)]},
+        submission_id=f"paralab-{safe_name}-{identity[:8]}-{stamp}",
+        metadata={"paralab.experiment": cfg.name, "paralab.code_version": code_version(),
+                  "paralab.source": str(file)},  # fmt: skip
+        stage=stage,
+    )
+
+
+def submit(sub: Submission) -> str:
+    """Upload and start the job; returns its submission id. The staging folder is removed."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(sub.address)
+        return client.submit_job(
+            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
+            submission_id=sub.submission_id, metadata=sub.metadata,
+        )  # fmt: skip
+    except ConnectionError as err:
+        raise SubmitError(f"--address {sub.address}: no Ray job API answers there ({err})") from None
+    except Exception as err:
+        if type(err).__name__ != "AuthenticationError":
+            raise
+        raise SubmitError(
+            f"--address {sub.address}: the cluster requires a Ray auth token; export "
+            "RAY_AUTH_MODE=token with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token "
+            "(https://docs.ray.io/en/latest/ray-security/token-auth.html)"
+        ) from None
+    finally:
+        if sub.stage is not None:
+            shutil.rmtree(sub.stage, ignore_errors=True)
+
+
+def follow(address: str, job_id: str, write) -> str:
+    """Stream the job's logs through ``write`` until it ends; returns its final status."""
+    import asyncio
+
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(tail())
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():  # the log stream can close a moment before the status
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    return str(status.value)

@@ -1,0 +1,149 @@
+"""`paralab submit`: an experiment runs as a Ray job with this checkout's code, and only
+where its results outlive the job.
+
+The refusals run without Ray. The last test starts a real Ray head with its job API on
+127.0.0.1, submits a tiny run through the CLI, follows it to the end and finds the run in
+MLflow and its checkpoint on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+from paralab_testing import QUICKSTART, run_paralab, runs_of
+
+from paralab.platform.jobs.submit import plan_submission
+
+DURABLE = ["tracking.uri=http://mlflow.internal:5000", "storage.uri=s3://bucket/runs"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "paralab submit needs the cluster's job API: --address"),
+        (["--address", "127.0.0.1:8265"], "the job API is the dashboard's HTTP address"),
+        (["--address", "http://127.0.0.1:9"], "tracking.uri: a submitted run needs an MLflow server"),
+        (["--address", "http://127.0.0.1:9", "tracking.uri=sqlite:///runs.db"],
+         "is relative to the job's temporary working directory"),
+        (["--address", "http://127.0.0.1:9", "tracking.uri=http://m:5000"],
+         "storage.uri: '(default .paralab/storage)' would be inside the job's temporary"),
+        (["--address", "http://127.0.0.1:9", "tracking.uri=http://m:5000", "storage.uri=rel/dir"],
+         "storage.uri: 'rel/dir' would be inside"),
+        (["--address", "http://127.0.0.1:9", *DURABLE], "no Ray job API answers there"),
+    ],
+    ids=["no-address", "not-http", "no-tracking", "relative-sqlite", "default-storage",
+         "relative-storage", "nobody-there"],
+)  # fmt: skip
+def test_refusals_are_one_line_and_exit_2(extra, message, tmp_path):
+    env = {"RAY_API_SERVER_ADDRESS": "", "MLFLOW_TRACKING_URI": "", "PARALAB_STORAGE": ""}
+    proc = run_paralab(tmp_path, "submit", str(QUICKSTART), *extra, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1
+
+
+def test_the_job_carries_the_resolved_experiment_and_this_code(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    sub = plan_submission(str(QUICKSTART), [*DURABLE, "train.steps=7"], "http://head:8265")
+    try:
+        work = sub.runtime_env["working_dir"]
+        (code,) = sub.runtime_env["py_modules"]
+        shipped = yaml.safe_load(open(os.path.join(work, "experiment.yaml")))
+        assert shipped["train"]["steps"] == 7
+        assert shipped["tracking"]["uri"] == "http://mlflow.internal:5000"
+        assert shipped["storage"]["uri"] == "s3://bucket/runs"
+        assert shipped["data"]["cache_dir"] == "s3://bucket/runs/data"  # shared by all workers
+        for module in ("platform/cli.py", "models/lm.py", "kernels/scan/triton.py",
+                       "dashboards/study.py"):  # fmt: skip
+            assert os.path.exists(os.path.join(code, module)), module
+        assert not any("__pycache__" in root for root, _, _ in os.walk(code))
+        assert sub.entrypoint == "python -m paralab.platform.cli run experiment.yaml"
+        assert sub.submission_id.startswith("paralab-quickstart-")
+    finally:
+        import shutil
+
+        shutil.rmtree(sub.stage)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HEAD = """
+import signal, sys, time, ray
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit through atexit: ray.shutdown()
+ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+         dashboard_port={port}, _node_ip_address="127.0.0.1", resources={{"TRAIN_DRIVER": 100}})
+print("READY", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head whose job API listens on 127.0.0.1 only."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD.format(port=port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (401 while token authentication is on): it is up
+            except OSError:
+                if head.poll() is not None:
+                    raise RuntimeError(f"the Ray head exited:\n{head.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no job API at {url} after 120 s") from None
+                time.sleep(1)
+        yield url
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
+    results = tmp_path / "results"
+    tiny = [
+        f"tracking.uri=sqlite:///{results / 'mlflow.db'}", f"storage.uri={results / 'storage'}",
+        "model.d_model=32", "model.n_layers=1", "model.heads=2", "model.mode=sequential",
+        "data.seq_len=32", "data.max_tokens=60000", "train.steps=4", "train.batch_size=8",
+        "train.workers=1", "train.eval_every=4", "train.checkpoint_every=4",
+        "train.eval_batches=1", "tracking.log_model=false",
+    ]  # fmt: skip
+    results.mkdir()
+    # Ray turns token authentication on for local clusters; clients opt in the same way.
+    proc = run_paralab(tmp_path / "laptop", "submit", str(QUICKSTART), "--address", ray_head,
+                       "--follow", *tiny, env={"RAY_AUTH_MODE": "token"}, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "SUCCEEDED" in proc.stdout and "submitted job paralab-quickstart-" in proc.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    (run,) = runs_of(client, "quickstart")
+    assert run.info.status == "FINISHED" and run.data.metrics["val_loss"] > 0
+    checkpoint = run.data.tags["paralab.checkpoint"]
+    assert checkpoint.startswith(str(results / "storage")) and os.path.isdir(checkpoint)
+    assert (results / "storage" / "data").is_dir()  # prepared data beside the checkpoints

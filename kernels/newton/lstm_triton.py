@@ -87,6 +87,15 @@ def _load_weights(A, C, o_n, m_n, N):
 
 
 @triton.jit
+def _load_params(A, C, c0, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_S0: tl.constexpr):
+    """:func:`_load_weights`, then batch row ``i_b``'s initial (c, h) as [BN] vectors."""
+    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
+    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    return b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0
+
+
+@triton.jit
 def _lstm_fwd_pass(
     p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
     s_begin, s_end, base, T, N, o_n, m_n,
@@ -172,9 +181,9 @@ def _lstm_newton_solve_kernel(
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
-    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
-    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0 = _load_params(
+        A, C, c0, h0, i_b, o_n, m_n, N, BN, HAS_S0
+    )
     b_zero = tl.zeros([BN], dtype=tl.float32)
     out = _lstm_fwd_pass(
         p, c_even, h_even, c_odd, h_odd, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
@@ -207,9 +216,9 @@ def _lstm_newton_fwd_kernel(
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
-    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
-    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0 = _load_params(
+        A, C, c0, h0, i_b, o_n, m_n, N, BN, HAS_S0
+    )
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     b_d0, b_d1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     s_begin = i_g * ROWS
@@ -237,9 +246,9 @@ def _lstm_newton_bwd_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     base3 = base * 3
-    b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
-    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0 = _load_params(
+        A, C, c0, h0, i_b, o_n, m_n, N, BN, HAS_S0
+    )
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     b_l0, b_l1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
     b_p00 = tl.full([BN], 1.0, dtype=tl.float32)

@@ -2,7 +2,7 @@
 
     paralab validate FILE [KEY=VALUE ...]
     paralab run FILE [KEY=VALUE ...] [--restart]
-    paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265 [--follow]
+    paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265 [--sweep] [--follow]
     paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored]
     paralab scaling FILE [KEY=VALUE ...] [--out DIR]
     paralab ui [--port 5000]
@@ -146,9 +146,10 @@ def _next_steps(summary, file: str) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from paralab.platform.jobs.submit import follow, plan_submission, submit
 
-    sub = plan_submission(args.file, args.overrides, args.address)
+    sub = plan_submission(args.file, args.overrides, args.address, sweep=args.sweep)
     cfg = sub.cfg
-    console.print(f"[cyan]paralab[/] submitting {escape(cfg.name)} to {escape(sub.address)} "
+    what = "the sweep of " if args.sweep else ""
+    console.print(f"[cyan]paralab[/] submitting {what}{escape(cfg.name)} to {escape(sub.address)} "
                   "with this checkout's code", soft_wrap=True)
     job_id = submit(sub)
     address = escape(sub.address)
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="URL",
                    help="the cluster's job API, e.g. http://127.0.0.1:8265 "
                         "(default: env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--sweep", action="store_true",
+                   help="run the YAML's sweep: section (paralab sweep) instead of one run")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs until it ends; exit 0 only if it succeeded")
     p.set_defaults(func=cmd_submit)

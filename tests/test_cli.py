@@ -23,7 +23,7 @@ def test_cli_surface_is_frozen():
     assert surface(build_parser()) == {
         "validate": ["--help", "file", "overrides"],
         "run": ["--create-bucket", "--help", "--restart", "file", "overrides"],
-        "submit": ["--address", "--follow", "--help", "file", "overrides"],
+        "submit": ["--address", "--follow", "--help", "--sweep", "file", "overrides"],
         "sweep": ["--dry-run", "--help", "--resume", "--retry-errored", "file", "overrides"],
         "scaling": ["--help", "--out", "file", "overrides"],
         "stack": ["--help", "action"],

@@ -1,7 +1,7 @@
-"""``paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265``.
+"""``paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265 [--sweep]``.
 
-A submitted run is an ordinary ``paralab run`` executed by a Ray job on the cluster. The job
-carries two things from this machine:
+A submitted run is an ordinary ``paralab run`` (or, with ``--sweep``, ``paralab sweep``)
+executed by a Ray job on the cluster. The job carries two things from this machine:
 
 - the **resolved experiment** (the file with its overrides applied and the tracking and
   storage locations made explicit), as ``experiment.yaml`` in the job's working directory;
@@ -118,11 +118,18 @@ def _stage_code(stage: Path) -> Path:
     return root
 
 
-def plan_submission(file: str, overrides: list[str], address: str | None) -> Submission:
-    """Check everything that can be checked here, and stage the job's files."""
+def plan_submission(
+    file: str, overrides: list[str], address: str | None, sweep: bool = False
+) -> Submission:
+    """Check everything that can be checked here, and stage the job's files. With ``sweep``
+    the job runs ``paralab sweep`` on the file's ``sweep:`` section instead of one run."""
     from paralab.platform.identity import code_version, run_identity
 
     url = job_address(address)
+    if sweep:
+        from paralab.platform.tune.sweep import plan_sweep
+
+        plan_sweep(file, overrides)  # the same checks as `paralab sweep --dry-run`
     cfg = _durable(load_experiment(file, overrides))
     stage = Path(tempfile.mkdtemp(prefix="paralab-submit-"))
     work = stage / "work"
@@ -132,12 +139,13 @@ def plan_submission(file: str, overrides: list[str], address: str | None) -> Sub
     identity = run_identity(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_name = re.sub(r"[^A-Za-z0-9_-]", "-", cfg.name)
+    command = "sweep" if sweep else "run"
     return Submission(
         address=url,
         cfg=cfg,
-        entrypoint="python -m paralab.platform.cli run experiment.yaml",
+        entrypoint=f"python -m paralab.platform.cli {command} experiment.yaml",
         runtime_env={"working_dir": str(work), "py_modules": [str(code)]},
-        submission_id=f"paralab-{safe_name}-{identity[:8]}-{stamp}",
+        submission_id=f"paralab-{command}-{safe_name}-{identity[:8]}-{stamp}",
         metadata={"paralab.experiment": cfg.name, "paralab.code_version": code_version(),
                   "paralab.source": str(file)},  # fmt: skip
         stage=stage,

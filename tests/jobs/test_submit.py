@@ -24,6 +24,7 @@ from paralab_testing import QUICKSTART, run_paralab, runs_of
 from paralab.platform.jobs.submit import plan_submission
 
 DURABLE = ["tracking.uri=http://mlflow.internal:5000", "storage.uri=s3://bucket/runs"]
+SCALING = QUICKSTART.parent / "scaling" / "cells.yaml"
 
 
 @pytest.mark.parametrize(
@@ -67,11 +68,23 @@ def test_the_job_carries_the_resolved_experiment_and_this_code(monkeypatch):
             assert os.path.exists(os.path.join(code, module)), module
         assert not any("__pycache__" in root for root, _, _ in os.walk(code))
         assert sub.entrypoint == "python -m paralab.platform.cli run experiment.yaml"
-        assert sub.submission_id.startswith("paralab-quickstart-")
+        assert sub.submission_id.startswith("paralab-run-quickstart-")
     finally:
         import shutil
 
         shutil.rmtree(sub.stage)
+
+
+def test_a_sweep_job_runs_paralab_sweep_and_needs_a_sweep_section(tmp_path):
+    sub = plan_submission(str(SCALING), DURABLE, "http://head:8265", sweep=True)
+    import shutil
+
+    shutil.rmtree(sub.stage)
+    assert sub.entrypoint == "python -m paralab.platform.cli sweep experiment.yaml"
+    assert sub.submission_id.startswith("paralab-sweep-scaling-cells-")
+    proc = run_paralab(tmp_path, "submit", str(QUICKSTART), "--sweep", "--address",
+                       "http://127.0.0.1:9", *DURABLE)  # fmt: skip
+    assert proc.returncode == 2 and "has no sweep: section" in proc.stderr
 
 
 def _free_port() -> int:
@@ -138,7 +151,7 @@ def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
     proc = run_paralab(tmp_path / "laptop", "submit", str(QUICKSTART), "--address", ray_head,
                        "--follow", *tiny, env={"RAY_AUTH_MODE": "token"}, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "SUCCEEDED" in proc.stdout and "submitted job paralab-quickstart-" in proc.stdout
+    assert "SUCCEEDED" in proc.stdout and "submitted job paralab-run-quickstart-" in proc.stdout
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
@@ -147,3 +160,21 @@ def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
     checkpoint = run.data.tags["paralab.checkpoint"]
     assert checkpoint.startswith(str(results / "storage")) and os.path.isdir(checkpoint)
     assert (results / "storage" / "data").is_dir()  # prepared data beside the checkpoints
+
+    # A sweep goes the same way, and its results are fitted here, from the shared MLflow.
+    study = [
+        f"tracking.uri=sqlite:///{results / 'mlflow.db'}", f"storage.uri={results / 'storage'}",
+        "sweep.params[model.d_model].values=[8,16]", "sweep.params[model.cell].values=[paragru]",
+        "model.n_layers=1", "model.mode=sequential", "data.seq_len=16", "data.max_tokens=20000",
+        "train.steps=4", "train.batch_size=4", "train.workers=1", "train.cpus_per_worker=1",
+        "train.eval_every=4", "train.checkpoint_every=4", "train.eval_batches=1",
+        "tracking.log_model=false",
+    ]  # fmt: skip
+    proc = run_paralab(tmp_path / "laptop", "submit", str(SCALING), "--sweep", "--follow",
+                       "--address", ray_head, *study, env={"RAY_AUTH_MODE": "token"},
+                       timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "2 finished" in proc.stdout
+    proc = run_paralab(tmp_path / "laptop", "scaling", str(SCALING), *study)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model.cell=paragru" in proc.stdout and "left out" not in proc.stdout

@@ -56,14 +56,17 @@ class Submission:
 
 def job_address(address: str | None) -> str:
     """``--address``, else ``RAY_API_SERVER_ADDRESS``, else an ``http(s)://`` ``RAY_ADDRESS``."""
-    for value in (address, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
-        if value and value.startswith(("http://", "https://")):
-            return value.rstrip("/")
-        if value and value is address:
+    web = ("http://", "https://")
+    if address:
+        if not address.startswith(web):
             raise SubmitError(
-                f"--address {value!r}: the job API is the dashboard's HTTP address, "
+                f"--address {address!r}: the job API is the dashboard's HTTP address, "
                 "e.g. http://HEAD:8265"
             )
+        return address.rstrip("/")
+    for value in (os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+        if value and value.startswith(web):  # RAY_ADDRESS may also name a ray:// client
+            return value.rstrip("/")
     raise SubmitError(
         "paralab submit needs the cluster's job API: --address http://HEAD:8265 "
         "(or env RAY_API_SERVER_ADDRESS); `ray dashboard cluster/aws.yaml` forwards it to "

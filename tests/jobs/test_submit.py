@@ -109,6 +109,9 @@ def ray_head(tmp_path):
     """A Ray head whose job API listens on 127.0.0.1 only."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A job's entrypoint runs `python` from the head's PATH, as on a cluster image: here that
+    # must be this venv's, which `make test` calls by path without activating it.
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
     head = subprocess.Popen([sys.executable, "-c", HEAD.format(port=port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"

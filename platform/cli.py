@@ -163,7 +163,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   soft_wrap=True)
     if not args.follow:
         return 0
-    status = follow(sub.address, job_id, lambda text: console.out(text, end="", highlight=False))
+    try:
+        status = follow(sub.address, job_id, lambda text: console.out(text, end="", highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]stopped following[/]: job {escape(job_id)} keeps running on "
+                          "the cluster (see the logs and stop commands above)", soft_wrap=True)
+        return 130
     ok = status == "SUCCEEDED"
     console.print(f"[{'green' if ok else 'red'}]job {escape(job_id)} {status}[/]")
     return 0 if ok else 1
@@ -200,10 +205,10 @@ def cmd_scaling(args: argparse.Namespace) -> int:
                           soft_wrap=True)
     for label, why in study.skipped:
         console.print(f"[yellow]left out[/] {escape(label)}: {escape(why)}", soft_wrap=True)
-    console.print(f"report: {study.files['scaling.md']} (scaling.png, scaling.json beside it)",
-                  soft_wrap=True)
+    console.print(f"report: {escape(str(study.files['scaling.md']))} (scaling.png, scaling.json "
+                  "beside it)", soft_wrap=True)
     console.print(f"MLflow: artifacts scaling/ of parent run {study.parent_run_id} in experiment "
-                  f"{study.experiment} @ {study.tracking_uri}", soft_wrap=True)
+                  f"{escape(study.experiment)} @ {escape(study.tracking_uri)}", soft_wrap=True)
     return 0
 
 

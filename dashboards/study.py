@@ -44,6 +44,8 @@ class ScalingStudy:
     experiment: str = ""
     output_dir: Path = Path(".")
     files: dict[str, Path] = field(default_factory=dict)
+    artifact_dir: str = ""
+    """Where the files went in the parent run's artifacts."""
 
     def groups(self) -> dict[str, list[ScalingPoint]]:
         out: dict[str, list[ScalingPoint]] = {}
@@ -95,7 +97,7 @@ def run_study(path: str, overrides: list[str], out: Path | None = None) -> Scali
         "scaling.md": write_markdown(study, study.output_dir / "scaling.md"),
         "scaling.png": plots.plot_study(study, study.output_dir / "scaling.png"),
     }
-    log_to_mlflow(client, study)
+    study.artifact_dir = log_to_mlflow(client, study)
     return study
 
 
@@ -156,14 +158,19 @@ def _metric_key(*parts: str) -> str:
     return ".".join(re.sub(r"[^\w\-./ ]", "_", part) for part in parts)
 
 
-def log_to_mlflow(client: Any, study: ScalingStudy) -> None:
-    """The report's files under ``scaling/`` of the sweep's parent run, and each fit's
-    exponent as a metric, so studies can be compared in the MLflow UI."""
+def log_to_mlflow(client: Any, study: ScalingStudy) -> str:
+    """The report's files under ``scaling/<UTC time>/`` of the sweep's parent run (a refit
+    after the sweep grew never replaces an earlier report), and each fit's exponent and floor
+    as metrics, so studies can be compared in the MLflow UI. Returns the artifact folder."""
+    import time
+
+    folder = f"scaling/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     for path in study.files.values():
-        client.log_artifact(study.parent_run_id, str(path), artifact_path="scaling")
+        client.log_artifact(study.parent_run_id, str(path), artifact_path=folder)
     for (label, axis), fit in study.fits.items():
         if isinstance(fit, PowerLawFit):
             client.log_metric(
                 study.parent_run_id, _metric_key("scaling", label, axis, "alpha"), fit.alpha
             )
             client.log_metric(study.parent_run_id, _metric_key("scaling", label, axis, "E"), fit.E)
+    return folder

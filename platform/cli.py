@@ -207,7 +207,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         console.print(f"[yellow]left out[/] {escape(label)}: {escape(why)}", soft_wrap=True)
     console.print(f"report: {escape(str(study.files['scaling.md']))} (scaling.png, scaling.json "
                   "beside it)", soft_wrap=True)
-    console.print(f"MLflow: artifacts scaling/ of parent run {study.parent_run_id} in experiment "
+    console.print(f"MLflow: artifacts {study.artifact_dir}/ of parent run {study.parent_run_id} in experiment "
                   f"{escape(study.experiment)} @ {escape(study.tracking_uri)}", soft_wrap=True)
     return 0
 

@@ -9,6 +9,7 @@ runs a real (tiny) sweep on Ray and fits it.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from paralab_testing import ROOT, mlflow_at, run_paralab
@@ -71,10 +72,16 @@ def test_fits_each_group_to_its_law_and_records_everything(tmp_path):
     assert "| model.cell=paragru | params | 0.250" in report
     assert (folder / "scaling.png").stat().st_size > 10_000
 
-    artifacts = {a.path for a in client.list_artifacts(parent_id, "scaling")}
-    assert artifacts == {"scaling/scaling.json", "scaling/scaling.md", "scaling/scaling.png"}
+    (first,) = client.list_artifacts(parent_id, "scaling")
+    artifacts = {a.path.removeprefix(first.path + "/") for a in client.list_artifacts(parent_id, first.path)}
+    assert artifacts == {"scaling.json", "scaling.md", "scaling.png"}
     metrics = client.get_run(parent_id).data.metrics
     assert metrics["scaling.model.cell_paragru.params.alpha"] == pytest.approx(0.25, rel=1e-3)
+
+    # A refit keeps the earlier report beside the new one: nothing is overwritten.
+    time.sleep(1.1)
+    assert run_paralab(home, "scaling", str(STUDY), *OVERRIDES).returncode == 0
+    assert len(client.list_artifacts(parent_id, "scaling")) == 2
 
 
 def test_a_sweep_never_run_is_one_line_and_exit_2(tmp_path):

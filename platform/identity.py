@@ -81,10 +81,11 @@ def code_version() -> str:
     return f"{package_version()}+{source_hash()}"
 
 
-def _drop(tree: dict[str, Any], dotted: str) -> None:
+def drop_key(tree: dict[str, Any], dotted: str) -> None:
+    """Remove a dotted key (``data.cache_dir``) from a ``to_dict`` tree, if it is there."""
     *parents, leaf = dotted.split(".")
     for key in parents:
-        tree = tree.get(key, {})
+        tree = tree.get(key) or {}
     tree.pop(leaf, None)
 
 
@@ -92,6 +93,6 @@ def run_identity(cfg: ExperimentConfig, code: str | None = None) -> str:
     """A 12-hex-digit hash of what the run computes and the code that computes it."""
     tree = to_dict(cfg)
     for key in NON_SEMANTIC:
-        _drop(tree, key)
+        drop_key(tree, key)
     blob = json.dumps({"config": tree, "code": code or code_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -31,7 +31,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from paralab.platform.config.load import ConfigError, from_dict, load_experiment, to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig, SweepConfig, project_dir
-from paralab.platform.identity import NON_SEMANTIC, code_version, git_commit
+from paralab.platform.identity import NON_SEMANTIC, code_version, drop_key, git_commit
 from paralab.platform.train.launch import LaunchError, init_ray
 from paralab.platform.tune import space as spaces
 from paralab.platform.tune.progress import Board, BoardCallback, active
@@ -141,13 +141,8 @@ def sweep_id(cfg: ExperimentConfig) -> str:
     """Hash of what the sweep computes (the resolved experiment with its ``sweep``), not the code."""
     tree = to_dict(cfg)
     for dotted in NON_SEMANTIC:
-        if dotted == "sweep":
-            continue
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node.get(key) or {}
-        node.pop(leaf, None)
+        if dotted != "sweep":
+            drop_key(tree, dotted)
     return "sweep-" + hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -116,8 +116,7 @@ def _stage_code(stage: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     for name in PACKAGES:
         package = importlib.import_module(f"paralab.{name}")
-        (source,) = list(package.__path__)[:1]
-        shutil.copytree(source, root / name, ignore=ignore)
+        shutil.copytree(next(iter(package.__path__)), root / name, ignore=ignore)
     return root
 
 
@@ -132,8 +131,10 @@ def plan_submission(
     if sweep:
         from paralab.platform.tune.sweep import plan_sweep
 
-        plan_sweep(file, overrides)  # the same checks as `paralab sweep --dry-run`
-    cfg = _durable(load_experiment(file, overrides))
+        # The same checks as `paralab sweep --dry-run`, on the config it loads.
+        cfg = _durable(plan_sweep(file, overrides).cfg)
+    else:
+        cfg = _durable(load_experiment(file, overrides))
     stage = Path(tempfile.mkdtemp(prefix="paralab-submit-"))
     work = stage / "work"
     work.mkdir()

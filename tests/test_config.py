@@ -72,6 +72,12 @@ BAD = [
     ("override-no-equals", "", ["train.lr"], ["train.lr", "KEY=VALUE"]),
     ("override-wrong-type", "", ["model.n_layers=two"], ["model.n_layers", "two"]),
     ("name-slash", "name: a/b", [], ["name", "slashes"]),
+    ("nested-section-scalar", "sweep: {search: random, params: {train.lr: {type: grid, values: [1]}}}",
+     [], ["sweep.search", "mapping", "type", "str 'random'"]),
+    ("sweep-param-list", "sweep: {params: {train.lr: [0.001, 0.003]}}", [],
+     ["sweep.params[train.lr]", "mapping", "values", "list"]),
+    ("override-section-scalar", "", ["train=3"], ["train", "mapping", "int 3"]),
+    ("override-bad-yaml", "", ["train.betas=[0.9"], ["'train.betas=[0.9'", "not valid YAML"]),
 ]
 
 

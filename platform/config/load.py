@@ -7,6 +7,8 @@ the key path and what is allowed, so the CLI can print it and exit 2 without a t
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,18 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides: {_first_line(str(err))}") from None
+    except yaml.YAMLError as err:  # the value is parsed as YAML: "train.betas=[0.9"
+        item = next((o for o in overrides if _bad_value(o)), "")
+        problem = getattr(err, "problem", None) or _first_line(str(err))
+        raise ConfigError(f"overrides: {item!r}: the value is not valid YAML ({problem})") from None
+
+
+def _bad_value(item: str) -> bool:
+    try:
+        yaml.safe_load(item.partition("=")[2])
+    except yaml.YAMLError:
+        return True
+    return False
 
 
 def _to_objects(merged: DictConfig, source: str) -> ExperimentConfig:
@@ -103,20 +117,54 @@ def _check_across_sections(cfg: ExperimentConfig, source: str) -> None:
             )
 
 
+def _key_path(parent: str, key: Any) -> str:
+    """``train.lr``; a key with dots in it (a sweep's ``train.lr``) is bracketed, as in
+    overrides: ``sweep.params[train.lr]``."""
+    if "." in str(key):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _check_mappings(tp: Any, value: Any, path: str, source: str) -> None:
+    """Where the schema has a section (a dataclass, or a dict of them), the layer must give a
+    mapping. OmegaConf would fail on anything else with a message that names no key."""
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]  # Optional[X]
+    is_mapping = OmegaConf.is_dict(value) or isinstance(value, dict)
+    if dataclasses.is_dataclass(tp):
+        if not is_mapping:
+            names = [f.name for f in dataclasses.fields(tp)]
+            keys = f" with keys among ({', '.join(names)})" if len(names) <= 6 else " of keys"
+            raise ConfigError(f"{source}: {path}: expected a mapping{keys}, got {_shown(value)}")
+        hints = typing.get_type_hints(tp)
+        for key in value:
+            if key in hints:
+                _check_mappings(hints[key], value[key], _key_path(path, key), source)
+    elif typing.get_origin(tp) is dict:
+        item_type = typing.get_args(tp)[1]
+        if not is_mapping:
+            raise ConfigError(f"{source}: {path}: expected a mapping of keys, got {_shown(value)}")
+        for key in value:
+            _check_mappings(item_type, value[key], _key_path(path, key), source)
+
+
+def _shown(value: Any) -> str:
+    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return f"{type(plain).__name__} {plain!r}"
+
+
 def merge(base: DictConfig, *layers: tuple[str, DictConfig]) -> DictConfig:
     """Merge override layers over ``base``, naming the failing layer in the error."""
     merged = base
+    schema = OmegaConf.get_type(base)
     for source, layer in layers:
-        for key in layer:
-            section = base.get(key) if key in base else None
-            value = layer[key]
-            if OmegaConf.is_dict(section) and not OmegaConf.is_dict(value) and value is not None:
-                raise ConfigError(
-                    f"{source}: {key}: expected a mapping of keys, got {type(value).__name__} {value!r}"
-                )
+        _check_mappings(schema, layer, "", source)
         try:
             merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as err:
+        except (OmegaConfBaseException, TypeError) as err:
             key = getattr(err, "full_key", None)
             message = _first_line(getattr(err, "msg", None) or str(err))
             where = f" {key}:" if key else ""

@@ -109,6 +109,8 @@ def test_second_run_overwrites_nothing_and_restart_adds_a_generation(first_run):
     assert "already complete" in again.stdout
     assert digest(run_dir) == before
     assert [r.info.run_id for r in _runs(client)] == [run.info.run_id]
+    reread = client.get_run(run.info.run_id).info
+    assert (reread.status, reread.end_time) == ("FINISHED", run.info.end_time)  # not reopened
 
     restarted = paralab(home, "run", str(ROOT / "experiments" / "quickstart.yaml"), *TINY, "--restart")
     assert restarted.returncode == 0, restarted.stderr[-3000:]

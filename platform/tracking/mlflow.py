@@ -71,8 +71,12 @@ class Tracker:
         run_name: str,
         tags: Mapping[str, str] = (),
         parent_run_id: str | None = None,
+        mark_running: bool = True,
     ) -> tuple[Tracker, bool]:
-        """Reopen the run of this identity and generation, or create it. Returns (tracker, resumed)."""
+        """Reopen the run of this identity and generation, or create it. Returns (tracker, resumed).
+
+        A reopened run is marked RUNNING again unless ``mark_running`` is False (a run that is
+        only looked up, such as a complete one, keeps its status)."""
         uri = tracking_uri(cfg)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
@@ -89,7 +93,8 @@ class Tracker:
         )
         if found:
             run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            if mark_running:
+                client.update_run(run_id, status="RUNNING")
             return cls(uri, run_id), True
         all_tags = {IDENTITY_TAG: identity, GENERATION_TAG: str(generation), "mlflow.runName": run_name}
         if parent_run_id:

@@ -193,11 +193,13 @@ def plan_run(cfg: ExperimentConfig, *, restart: bool = False, create_bucket: boo
     return RunPlan(identity, generation, run_name, storage, root, fs, resumed_from)
 
 
-def open_tracker(cfg: ExperimentConfig, plan: RunPlan, parent_run_id: str | None = None) -> tuple[Tracker, bool]:
+def open_tracker(cfg: ExperimentConfig, plan: RunPlan, parent_run_id: str | None = None,
+                 mark_running: bool = True) -> tuple[Tracker, bool]:
     """The MLflow run of this plan's identity and generation, reopened or created."""
     return Tracker.open(
         cfg.tracking, cfg.tracking.experiment or cfg.name, plan.identity, plan.generation,
         run_name=plan.run_name, tags=_tags(cfg, plan.identity), parent_run_id=parent_run_id,
+        mark_running=mark_running,
     )
 
 
@@ -254,14 +256,15 @@ def launch(
 
     plan = plan_run(cfg, restart=restart, create_bucket=create_bucket)
     if plan.resumed_from == cfg.train.steps:
-        tracker, reopened = open_tracker(cfg, plan)
+        tracker, _ = open_tracker(cfg, plan, mark_running=False)
         on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "
                  "to do (pass --restart to train it again)")
         summary = _summary(cfg, plan, tracker)
         summary.status = "COMPLETE"
         summary.checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(plan.resumed_from)}"
-        summary.metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
-        if not reopened:
+        run = tracker.client.get_run(tracker.run_id)
+        summary.metrics = dict(run.data.metrics)
+        if run.info.status != "FINISHED":  # new here, or killed after its last checkpoint
             tracker.finish()
         return summary
 

@@ -101,7 +101,9 @@ def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
     if not cfg.data.cache_dir:
         # The driver prepares the shards and the workers read them: on a cluster both must see
         # the same folder, and the default (under the job's working directory) is neither.
-        cfg.data.cache_dir = f"{storage.rstrip('/')}/data"
+        # data.cache_dir takes s3:// or a path, not file:// (storage.uri may be either).
+        shared = storage if storage.startswith("s3://") else local
+        cfg.data.cache_dir = f"{shared.rstrip('/')}/data"
     if storage.startswith("s3://") and not cfg.storage.endpoint_url:
         cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL") or None
     return cfg

@@ -3,7 +3,8 @@ where its results outlive the job.
 
 The refusals run without Ray. The last test starts a real Ray head with its job API on
 127.0.0.1, submits a tiny run through the CLI, follows it to the end and finds the run in
-MLflow and its checkpoint on disk.
+MLflow and its checkpoint and prepared data on a real S3 server (SeaweedFS); then a sweep
+with storage on a shared absolute path, fitted afterwards from the same MLflow.
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ def test_the_job_carries_the_resolved_experiment_and_this_code(monkeypatch):
         shutil.rmtree(sub.stage)
 
 
+def test_file_storage_puts_the_data_cache_on_the_same_shared_path():
+    sub = plan_submission(str(QUICKSTART), [DURABLE[0], "storage.uri=file:///shared/ckpt"],
+                          "http://head:8265")  # fmt: skip
+    import shutil
+
+    shutil.rmtree(sub.stage)
+    assert sub.cfg.storage.uri == "file:///shared/ckpt"
+    assert sub.cfg.data.cache_dir == "/shared/ckpt/data"
+
+
 def test_a_sweep_job_runs_paralab_sweep_and_needs_a_sweep_section(tmp_path):
     sub = plan_submission(str(SCALING), DURABLE, "http://head:8265", sweep=True)
     import shutil
@@ -140,10 +151,12 @@ def ray_head(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
+@pytest.mark.s3
+def test_submit_runs_the_experiment_on_the_cluster(seaweedfs, ray_head, tmp_path):
     results = tmp_path / "results"
+    bucket = f"s3://{seaweedfs.bucket}/submitted"
     tiny = [
-        f"tracking.uri=sqlite:///{results / 'mlflow.db'}", f"storage.uri={results / 'storage'}",
+        f"tracking.uri=sqlite:///{results / 'mlflow.db'}", f"storage.uri={bucket}",
         "model.d_model=32", "model.n_layers=1", "model.heads=2", "model.mode=sequential",
         "data.seq_len=32", "data.max_tokens=60000", "train.steps=4", "train.batch_size=8",
         "train.workers=1", "train.eval_every=4", "train.checkpoint_every=4",
@@ -151,8 +164,11 @@ def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
     ]  # fmt: skip
     results.mkdir()
     # Ray turns token authentication on for local clusters; clients opt in the same way.
+    # The endpoint travels in the job's experiment (from AWS_ENDPOINT_URL here); the head has
+    # the credentials in its environment, as cluster nodes have theirs, and the job none.
     proc = run_paralab(tmp_path / "laptop", "submit", str(QUICKSTART), "--address", ray_head,
-                       "--follow", *tiny, env={"RAY_AUTH_MODE": "token"}, timeout=600)  # fmt: skip
+                       "--follow", *tiny, timeout=600,
+                       env={"RAY_AUTH_MODE": "token", "AWS_ENDPOINT_URL": seaweedfs.endpoint_url})  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "SUCCEEDED" in proc.stdout and "submitted job paralab-run-quickstart-" in proc.stdout
     from mlflow.tracking import MlflowClient
@@ -161,10 +177,15 @@ def test_submit_runs_the_experiment_on_the_cluster(ray_head, tmp_path):
     (run,) = runs_of(client, "quickstart")
     assert run.info.status == "FINISHED" and run.data.metrics["val_loss"] > 0
     checkpoint = run.data.tags["paralab.checkpoint"]
-    assert checkpoint.startswith(str(results / "storage")) and os.path.isdir(checkpoint)
-    assert (results / "storage" / "data").is_dir()  # prepared data beside the checkpoints
+    assert checkpoint.startswith(f"{bucket}/"), checkpoint
+    listing = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix="submitted/")
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    prefix = checkpoint.removeprefix(f"s3://{seaweedfs.bucket}/")
+    assert any(k.startswith(f"{prefix}/") and k.endswith("trainer.pt") for k in keys), keys
+    assert any(k.startswith("submitted/data/") for k in keys), keys  # prepared data beside them
 
     # A sweep goes the same way, and its results are fitted here, from the shared MLflow.
+    # It uses the other durable kind of storage: an absolute path the cluster shares.
     study = [
         f"tracking.uri=sqlite:///{results / 'mlflow.db'}", f"storage.uri={results / 'storage'}",
         "sweep.params[model.d_model].values=[8,16]", "sweep.params[model.cell].values=[paragru]",

@@ -36,13 +36,15 @@ class Hooks(Protocol):
     """What the loop needs from its host: Ray Train on a cluster, or nothing at all."""
 
     def report(self, metrics: dict[str, float], folder: Path | None, name: str | None) -> None:
-        """A barrier across ranks; persists ``folder`` as checkpoint ``name`` when given."""
+        """Every rank calls it; persists this rank's ``folder`` as part of checkpoint ``name``
+        when given. Ranks may return before the others' files are persisted."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Record metrics; every rank calls it, the host decides who writes."""
 
     def keep_best(self, step: int) -> None:
-        """Checkpoint ``step`` is the best so far: keep a copy Ray's retention won't delete."""
+        """Checkpoint ``step`` is the best so far: keep a copy Ray's retention won't delete.
+        Every rank calls it, so the host can wait until all ranks' files are persisted."""
 
 
 class NoHooks:
@@ -151,7 +153,7 @@ class Trainer:
         }
 
     def report(self, metrics: dict[str, float], with_checkpoint: bool) -> None:
-        """Report to Ray (a barrier for all ranks), with this rank's checkpoint files if asked."""
+        """Report to Ray from every rank, with this rank's checkpoint files if asked."""
         if not with_checkpoint:
             self.hooks.report(metrics, None, None)
             return

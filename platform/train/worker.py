@@ -50,6 +50,13 @@ class RayHooks:
             future.result()
 
     def keep_best(self, step):
+        # Every rank calls this (validation loss is all-reduced, so they agree on the best).
+        # Ray's report synchronises ranks before they upload, not after: without this barrier
+        # rank 0 could copy the checkpoint while other ranks' shards are still uploading.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
         if self.rank == 0:
             ckpt.keep_best(self.storage.storage_filesystem, self.storage.experiment_fs_path, step)
 

@@ -131,4 +131,8 @@ def test_killed_worker_restarts_and_loses_nothing(tmp_path, single_process_losse
     run_dir = Path(client.get_run(run.info.run_id).data.tags["paralab.checkpoint"]).parent
     kept = sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir())
     assert kept == ["checkpoint_00000004", "checkpoint_00000008"]  # keep_checkpoints=5: none lost
-    assert list(run_dir.glob("best_checkpoint_*")), "the best checkpoint's copy is missing"
+    (best,) = run_dir.glob("best_checkpoint_*")
+    # The copy holds every rank's files (it waits for all ranks to persist theirs).
+    source = run_dir / f"checkpoint_{best.name.rsplit('_', 1)[1]}"
+    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert "rng-rank1.pt" in files(best) and files(best) == files(source), (files(best), files(source))

@@ -136,6 +136,19 @@ def check_resources(cfg: ExperimentConfig) -> None:
         )
 
 
+def check_data(cfg: ExperimentConfig, data: Any) -> None:
+    """Fail on the driver, in one line, where the workers would fail after every restart: a
+    tokenizer vocabulary larger than the model's, or less data than one global batch."""
+    if data.vocab_size > cfg.model.vocab_size:
+        raise LaunchError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({data.vocab_size}); set model.vocab_size to at least {data.vocab_size}"
+        )
+    tc = cfg.train
+    micro_batch = tc.batch_size // (tc.workers * tc.grad_accum)
+    data.train_batches(cfg.data.seq_len, micro_batch, world_size=tc.workers)  # DataError if short
+
+
 def _watch(tracker: Tracker, total: int, on_progress: Callable[[int, dict[str, float]], None],
            stop: threading.Event) -> None:
     """Poll the MLflow run for the latest step, to drive the CLI's progress bar."""
@@ -270,7 +283,9 @@ def launch(
 
     # Everything that can fail on bad input fails here, before a run is recorded anywhere.
     on_event("preparing data")
-    data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data).key
+    data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data)
+    check_data(cfg, data)
+    data_key = data.key
     init_ray()
     check_resources(cfg)
 

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from paralab.platform.config.load import ConfigError, from_dict, load_experiment, to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig, SweepConfig, project_dir
 from paralab.platform.identity import NON_SEMANTIC, code_version, drop_key, git_commit
-from paralab.platform.train.launch import LaunchError, init_ray
+from paralab.platform.train.launch import LaunchError, check_data, init_ray
 from paralab.platform.tune import space as spaces
 from paralab.platform.tune.progress import Board, BoardCallback, active
 from paralab.platform.tune.trial import (
@@ -345,7 +345,11 @@ def run_sweep(
 
     # Everything that can fail on bad input fails here, before anything is recorded.
     on_event("preparing data")
-    data_key = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url).key
+    data = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url)
+    data_swept = any(k.startswith("data.") for k in plan.sweep.params)
+    for values in plan.trials if plan.exact and not data_swept else []:
+        check_data(plan.trial_cfg(values), data)  # e.g. a swept batch size the data can't fill
+    data_key = data.key
     on_event("starting Ray" if not os.environ.get("RAY_ADDRESS") else "joining the Ray cluster")
     init_ray(resources={DRIVER_RESOURCE: 1})
     cluster = ray.cluster_resources()
@@ -366,7 +370,7 @@ def run_sweep(
         base["data"]["cache_dir"] = str(default_cache_root())
     context = TrialContext(
         base=base, sweep_id=plan.sweep_id, parent_run_id=parent.run_id, data_key=data_key,
-        data_swept=any(k.startswith("data.") for k in plan.sweep.params),
+        data_swept=data_swept,
         claims=f"paralab-claims-{plan.sweep_id}",
     )
     claims = Claims.options(name=context.claims, get_if_exists=True).remote()

@@ -61,3 +61,23 @@ def test_missing_bucket(paralab_cli, tmp_path, seaweedfs):
     proc = paralab_cli("run", str(QUICKSTART), *TINY, "storage.uri=s3://no-such-bucket/runs",
                        f"storage.endpoint_url={seaweedfs.endpoint_url}", home=tmp_path / "h")
     assert_refused_cleanly(proc, tmp_path / "h", "no-such-bucket")
+
+
+def test_less_data_than_one_batch(paralab_cli, tmp_path):
+    # 5,000 tokens of 32 are ~140 sequences: not one global batch of 256. The workers would
+    # find out only after every restart; the driver says so first.
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, "data.max_tokens=5000",
+                       "train.batch_size=256", home=tmp_path / "h")
+    assert_refused_cleanly(proc, tmp_path / "h", "train.batch_size", "data.max_tokens")
+
+
+def test_vocabulary_larger_than_the_model():
+    from paralab.platform.config.load import load_experiment
+    from paralab.platform.train.launch import LaunchError, check_data
+
+    class Prepared:  # what check_data reads of PreparedData, for a 50,257-token tokenizer
+        vocab_size = 50257
+
+    cfg = load_experiment(QUICKSTART, TINY)
+    with pytest.raises(LaunchError, match=r"model.vocab_size=256 .* at least 50257"):
+        check_data(cfg, Prepared())

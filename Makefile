@@ -5,8 +5,10 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.paralab-installed
-# torch comes first, pinned: on CPU machines this takes the CPU wheel. On CUDA machines,
-# point TORCH_INDEX at PyTorch's CUDA wheels, e.g. make run TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# torch comes first, pinned, from PyPI unless TORCH_INDEX names another index. On Linux,
+# PyPI's wheel is a CUDA build; for a CPU-only machine use
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (or .../whl/cu128 for a given CUDA build).
+# The install stamp depends only on pyproject.toml: run `make clean-venv` before changing TORCH_INDEX.
 TORCH_INDEX ?=
 TORCH_VERSION := 2.13.0
 EXPERIMENT ?= experiments/quickstart.yaml

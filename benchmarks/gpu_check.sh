@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks, prepared to fit one call of a lent GPU machine (at most 9 minutes):
+# The GPU checks, run from the repository root on a CUDA machine (about 9 minutes at most):
 #   1. the kernel benchmark (correctness pass first, then timings), results in $OUT/kernels/;
 #   2. the kernel and model test suites compiled for the GPU (no interpreter), log in $OUT/.
-# The machine has its own torch and triton; paralab is put on the path without installing it
-# (its pins are for our CPU machines), and flash-linear-attention comes as a carried wheel.
+# It uses the machine's own torch and triton, which may differ from paralab's pins: paralab is
+# put on the path without installing it, so nothing is reinstalled. flash-linear-attention is
+# optional: wheels in .whl/ (such as fla-core's) are installed offline into /tmp/site.
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"

@@ -1,7 +1,8 @@
 """The experiment schema: one typed dataclass tree, which YAML files and CLI dotlists override.
 
 Each component owns its config; ``model`` comes from :mod:`paralab.models.config`. Field
-docstrings are the reference users read (``paralab validate --help`` points here).
+docstrings are the reference users read; ``paralab validate FILE`` prints every key with its
+resolved value.
 Values are checked in ``__post_init__`` so that a bad value names its key.
 """
 
@@ -165,7 +166,7 @@ class StorageConfig:
     uri: str = ""
     """Local path or `s3://bucket/prefix`; empty means `.paralab/storage` (env `PARALAB_STORAGE`)."""
     endpoint_url: str | None = None
-    """S3 endpoint for MinIO, SeaweedFS and the like; env `AWS_ENDPOINT_URL` is used when unset."""
+    """S3 endpoint for MinIO, SeaweedFS and the like; when unset, env `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`."""
     region: str | None = None
     """S3 region; env `AWS_REGION`/`AWS_DEFAULT_REGION` when unset."""
 

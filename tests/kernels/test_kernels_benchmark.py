@@ -1,7 +1,7 @@
 """The GPU benchmark script still runs: its tiny CPU mode, end to end, under the interpreter.
 
-The script is run once per lent GPU, so a break in it would otherwise surface only then, on
-scarce device time."""
+The script itself runs only on a GPU, so without this test a break in it would surface only
+when it is next run there."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""CUDA checks, run through the device tool: every Newton mode equals ``sequential`` on the
-GPU, ``auto`` takes ``triton``, and a bf16-autocast LM trains in ``triton`` mode."""
+"""CUDA checks (marker ``gpu``, skipped without CUDA): every Newton mode equals
+``sequential`` on the GPU, ``auto`` takes ``triton``, and a bf16-autocast LM trains in
+``triton`` mode."""
 
 from __future__ import annotations
 

@@ -105,7 +105,10 @@ def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
         shared = storage if storage.startswith("s3://") else local
         cfg.data.cache_dir = f"{shared.rstrip('/')}/data"
     if storage.startswith("s3://") and not cfg.storage.endpoint_url:
-        cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL") or None
+        # The job carries the endpoint this machine would use (its credentials stay here).
+        from paralab.platform.storage.settings import S3Settings
+
+        cfg.storage.endpoint_url = S3Settings.from_config(cfg.storage).endpoint_url
     return cfg
 
 

@@ -338,8 +338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: run `paralab run` again with the same file to resume")
+        err_console.print(f"[yellow]interrupted[/]: to resume, run {escape(_again(args))}",
+                          soft_wrap=True)
         return 130
+
+
+def _again(args: argparse.Namespace) -> str:
+    """The command that resumes what was interrupted: the same file and overrides (both are
+    part of the run's identity)."""
+    import shlex
+
+    words = ["paralab", args.command]
+    if hasattr(args, "file"):
+        words += [args.file, *args.overrides]
+    if args.command == "sweep":
+        words.append("--resume")
+    return shlex.join(words)
 
 
 if __name__ == "__main__":

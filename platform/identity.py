@@ -2,7 +2,8 @@
 
 The identity names the run's storage folder and is an MLflow tag, so re-running the same
 experiment finds its own checkpoints and MLflow run without being told where they are.
-A change to paralab's code gives a new identity, so a run never resumes under other code.
+A change to the code that computes a run (models, kernels, the training loop, data) gives a
+new identity, so a run never resumes under other code.
 Keys that change where results go or how often they are printed, but not the results
 themselves, are left out of the hash.
 """
@@ -56,23 +57,42 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+COMPUTING_PACKAGES = (
+    "paralab.models",
+    "paralab.kernels",
+    "paralab.platform.train",
+    "paralab.platform.data",
+)
+"""The code whose edits can change what a run computes. The CLI, sweeps, tracking, storage
+and job submission are left out: fixing a message there must not restart runs from step 0."""
+
+
 @cache
 def source_hash() -> str:
-    """Hash of paralab's own Python sources, wherever they are installed from.
+    """Hash of the Python sources that compute a run, wherever they are installed from.
 
     Unlike the git commit, it ignores changes to docs, tests and experiments, and it exists
-    for wheel installs on cluster nodes too.
+    for wheel installs on cluster nodes too. A package may be found in several places (an
+    installed paralab and a copy shipped with a Ray job); each file is hashed from the first
+    place that has it, which is the one ``import`` loads.
     """
-    import paralab.kernels
-    import paralab.models
-    import paralab.platform
+    import importlib
 
+    return hash_sources((name, importlib.import_module(name).__path__) for name in COMPUTING_PACKAGES)
+
+
+def hash_sources(packages) -> str:
+    """Hash ``(package name, [folders it is found in])`` pairs' ``*.py`` files, each file
+    from the first folder that has it."""
     digest = hashlib.sha256()
-    for package in (paralab.kernels, paralab.models, paralab.platform):
-        for base in package.__path__:
-            for path in sorted(Path(base).rglob("*.py")):
-                digest.update(f"{package.__name__}/{path.relative_to(base).as_posix()}".encode())
-                digest.update(path.read_bytes())
+    for name, folders in packages:
+        files: dict[str, Path] = {}
+        for base in folders:
+            for path in Path(base).rglob("*.py"):
+                files.setdefault(path.relative_to(base).as_posix(), path)
+        for relative in sorted(files):
+            digest.update(f"{name}/{relative}".encode())
+            digest.update(files[relative].read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,54 @@ def test_stray_arguments_still_fail(capsys):
         main(["run", "f.yaml", "--restart", "notanoverride"])
     assert info.value.code == 2
     assert "unrecognized arguments: notanoverride" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, again",
+    [
+        (["run", "exp.yaml", "train.lr=1e-3", "--restart"], "paralab run exp.yaml train.lr=1e-3"),
+        (["sweep", "my sweep.yaml", "sweep.num_samples=2"],
+         "paralab sweep 'my sweep.yaml' sweep.num_samples=2 --resume"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_prints_the_command_that_resumes(argv, again, monkeypatch, capsys):
+    from paralab.platform import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{argv[0]}", interrupted)
+    assert cli.main(argv) == 130
+    assert f"to resume, run {again}" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_the_code_version_covers_only_code_that_computes(tmp_path):
+    import shutil
+
+    from paralab.platform.identity import COMPUTING_PACKAGES, hash_sources
+    from paralab.platform.identity import source_hash as installed
+
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "src"
+    shutil.copytree(root / "platform", tree / "platform")
+    shutil.copytree(root / "models", tree / "models")
+    shutil.copytree(root / "kernels", tree / "kernels")
+
+    def code_hash(shipped=None):
+        folders = {name: [tree / name.removeprefix("paralab.").replace(".", "/")]
+                   for name in COMPUTING_PACKAGES}
+        if shipped:  # a second copy found after the first, as an installed package beside a job's
+            for name in folders:
+                folders[name].append(shipped / name.removeprefix("paralab.").replace(".", "/"))
+        return hash_sources(folders.items())
+
+    before = code_hash()
+    assert before == installed()  # the same files the running code hashes
+    (tree / "platform" / "cli.py").write_text("# a message fixed\n", encoding="utf-8")
+    assert code_hash() == before  # the CLI does not compute a run
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    (other / "models" / "lm.py").write_text("# another version\n", encoding="utf-8")
+    assert code_hash(shipped=other) == before  # the first copy is the one imported and hashed
+    (tree / "models" / "lm.py").write_text("# edited\n", encoding="utf-8")
+    assert code_hash() != before

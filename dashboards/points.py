@@ -8,7 +8,6 @@ steps × batch × sequence length. The metric is the last value the run logged.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +70,11 @@ def find_sweep_run(client, plan) -> Any:
 def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list[tuple[str, str]]]:
     """(parent run, points, [(trial label, why it was left out)])."""
     from paralab.models.flops import param_count, training_flops_per_token
-    from paralab.platform.tune.trial import VALUES_TAG
+    from paralab.platform.tune.trial import sweep_runs, trial_values
 
     parent = find_sweep_run(client, plan)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        max_results=10000,
-    )
+    # Its children, and runs it reused from an earlier sweep (an extended grid).
+    children = sweep_runs(client, parent.info.experiment_id, parent.info.run_id, plan.sweep_id)
     points, skipped = [], []
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
         label = run.data.tags.get("mlflow.runName", run.info.run_id)
@@ -87,14 +83,15 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
             why = f"stopped early at step {stopped}" if stopped else f"status {run.info.status}"
             skipped.append((label, why))
             continue
-        if VALUES_TAG not in run.data.tags:
+        values = trial_values(run, plan.sweep_id)
+        if values is None:
             skipped.append((label, "not a trial of this sweep (no values tag)"))
             continue
         metric = run.data.metrics.get(scaling.metric)
         if metric is None:
             skipped.append((label, f"never logged {scaling.metric}"))
             continue
-        cfg = plan.trial_cfg(json.loads(run.data.tags[VALUES_TAG]))
+        cfg = plan.trial_cfg(values)
         tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
         points.append(ScalingPoint(
             run_id=run.info.run_id, label=label,

@@ -152,6 +152,31 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+DATA_RECORD = "paralab-data.json"
+"""In a run folder: the key of the prepared data its checkpoints were trained on."""
+
+
+def recorded_data_key(fs: pafs.FileSystem, run_path: str) -> str | None:
+    """The data key a run was started on (:func:`record_data_key`), None if not recorded."""
+    import json
+
+    try:
+        with fs.open_input_stream(f"{run_path.rstrip('/')}/{DATA_RECORD}") as stream:
+            return json.loads(stream.read()).get("data_key")
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def record_data_key(fs: pafs.FileSystem, run_path: str, key: str) -> None:
+    """Write the data key beside the checkpoints, so a resume can tell whether the corpus
+    changed under the same config (a text file edited, a dataset revised upstream)."""
+    import json
+
+    fs.create_dir(run_path, recursive=True)
+    with fs.open_output_stream(f"{run_path.rstrip('/')}/{DATA_RECORD}") as stream:
+        stream.write(json.dumps({"data_key": key}).encode())
+
+
 BEST_RE = re.compile(r"^best_checkpoint_(\d+)$")
 
 

@@ -76,6 +76,22 @@ def existing_generations(fs, root: str, name: str, identity: str) -> list[int]:
     return sorted(gens)
 
 
+def other_identities(fs, root: str, name: str, identity: str) -> list[str]:
+    """Run folders of experiment ``name`` under another identity (other config or code)."""
+    import pyarrow.fs as pafs
+
+    pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{12}})(?:\.g\d+)?$")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(
+        info.base_name for info in infos
+        if info.type == pafs.FileType.Directory
+        and (match := pattern.match(info.base_name)) and match.group(1) != identity
+    )
+
+
 def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
     tags = {
         "paralab.code_version": code_version(),
@@ -216,10 +232,23 @@ def open_tracker(cfg: ExperimentConfig, plan: RunPlan, parent_run_id: str | None
     )
 
 
-def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker) -> None:
+def check_same_data(plan: RunPlan, data_key: str) -> None:
+    """Refuse to continue a run on other data than its checkpoints were trained on: the config
+    (and so the identity) can stay the same while a corpus file changes."""
+    recorded = ckpt.recorded_data_key(plan.fs, plan.run_path)
+    if recorded is not None and recorded != data_key:
+        raise LaunchError(
+            f"the data changed since run {plan.run_name} started (prepared data {recorded}, "
+            f"now {data_key}); its checkpoints stay as they are. Pass --restart to train a new "
+            "generation on the new data, or restore the old corpus to continue the run"
+        )
+
+
+def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str) -> None:
     tracker.log_params(flatten(to_dict(cfg)))
-    tracker.set_tags({"paralab.storage": plan.storage_uri})
+    tracker.set_tags({"paralab.storage": plan.storage_uri, "paralab.data_key": data_key})
     tracker.log_text(to_yaml(cfg), "config.yaml")
+    ckpt.record_data_key(plan.fs, plan.run_path, data_key)
 
 
 def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str,
@@ -268,6 +297,11 @@ def launch(
     from paralab.platform.data import prepare
 
     plan = plan_run(cfg, restart=restart, create_bucket=create_bucket)
+    # Everything that can fail on bad input fails here, before a run is recorded anywhere.
+    on_event("preparing data")
+    data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data)
+    check_data(cfg, data)
+    check_same_data(plan, data.key)
     if plan.resumed_from == cfg.train.steps:
         tracker, _ = open_tracker(cfg, plan, mark_running=False)
         on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "
@@ -281,10 +315,6 @@ def launch(
             tracker.finish()
         return summary
 
-    # Everything that can fail on bad input fails here, before a run is recorded anywhere.
-    on_event("preparing data")
-    data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data)
-    check_data(cfg, data)
     data_key = data.key
     init_ray()
     check_resources(cfg)
@@ -293,7 +323,16 @@ def launch(
     summary = _summary(cfg, plan, tracker)
     if plan.resumed_from is not None:
         on_event(f"resuming {plan.run_name} from step {plan.resumed_from}")
-    record_start(cfg, plan, tracker)
+    elif not restart:
+        others = other_identities(plan.fs, plan.root, cfg.name, plan.identity)
+        if others:
+            # Say so: a user who edited code or config may have expected a resume.
+            on_event(
+                f"starting {plan.run_name} at step 0: its config or code differs from the "
+                f"{len(others)} earlier run(s) of {cfg.name!r} in storage ({', '.join(others[-3:])}), "
+                "and paralab resumes only the exact same run"
+            )
+    record_start(cfg, plan, tracker, data_key)
     trainer = build_trainer(cfg, plan, tracker, data_key)
     tc = cfg.train
     stop = threading.Event()

@@ -4,11 +4,12 @@
     outcome = run_sweep(plan)                     # or run_sweep(plan, resume=True)
 
 Where things go, for a sweep ``<name>-<sweep id>`` (the id hashes the resolved experiment,
-``sweep:`` included, but not the code, so a sweep resumes across code edits):
+``sweep:`` included, but not the code, so ``--resume`` finds the sweep after a code edit):
 
 - Tune's state: ``<storage>/sweeps/<name>-<id>/`` (local or S3); ``--resume`` restores it.
 - Each trial: an ordinary run folder ``<storage>/<name>-<run identity>/``, found again by
-  identity, so an unfinished trial continues from its latest checkpoint.
+  identity, so an unfinished trial continues from its latest checkpoint (unless the code
+  that computes runs changed since: then the trial's identity differs and it starts over).
 - MLflow: one parent run (tag ``paralab.sweep``), one child per distinct trial config.
 - ``best.yaml``, ``summary.csv`` and ``summary.png``: in the sweep folder (on S3 storage,
   also in ``.paralab/sweeps/<name>-<id>/`` so that ``paralab run`` can read ``best.yaml``).
@@ -38,10 +39,11 @@ from paralab.platform.tune.progress import Board, BoardCallback, active
 from paralab.platform.tune.trial import (
     SWEEP_TAG,
     TRIAL_TAG,
-    VALUES_TAG,
     Claims,
     TrialContext,
     run_trial,
+    sweep_runs,
+    trial_values,
 )
 
 SWEEPS_DIR = "sweeps"
@@ -380,7 +382,7 @@ def run_sweep(
         claims.release.remote(trial_id)
         row = board.rows.get(trial_id)
         if row is not None and not errored:
-            _settle_child(parent, trial_id, row.values, row.step)
+            _settle_child(parent, plan.sweep_id, trial_id, row.values, row.step)
 
     board.on_trial_end = on_trial_end
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
@@ -417,7 +419,7 @@ def run_sweep(
     try:
         grid = tuner.fit()
     except BaseException:
-        _close_children(parent, {})
+        _close_children(parent, plan.sweep_id, {})
         parent.finish("KILLED")
         raise
     finally:
@@ -437,8 +439,8 @@ def run_sweep(
     cut = {t.trial_id for t in tune_trials if t.status == "TERMINATED"
            and t.trial_id not in board.completed} if interrupted else set()
     trials = [_outcome(plan, t, t.trial_id in cut) for t in tune_trials]
-    _link_runs(parent, trials)
-    _close_children(parent, {t.run_id: t for t in trials if t.run_id})
+    _link_runs(parent, plan.sweep_id, trials)
+    _close_children(parent, plan.sweep_id, {t.run_id: t for t in trials if t.run_id})
     best = _best(plan, trials)
 
     from paralab.platform.tune import summary
@@ -498,13 +500,12 @@ def _trial_error(trial) -> str:
     return lines[-1] if lines else "failed (see error.txt in the trial's folder)"
 
 
-def _children(parent) -> list[Any]:
+def _children(parent, sweep_id: str) -> list[Any]:
     exp_id = parent.client.get_run(parent.run_id).info.experiment_id
-    return parent.client.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+    return sweep_runs(parent.client, exp_id, parent.run_id, sweep_id)
 
 
-def _child_of(runs: list[Any], trial_id: str, values: dict[str, Any]) -> Any | None:
+def _child_of(runs: list[Any], trial_id: str, values: dict[str, Any], sweep_id: str) -> Any | None:
     """The child run a trial wrote to: tagged with its id, else (a trial whose config equals an
     earlier one's, so the same run) with its values. Never by recomputing the identity: the
     driver may hash other code than the trial did."""
@@ -512,40 +513,38 @@ def _child_of(runs: list[Any], trial_id: str, values: dict[str, Any]) -> Any | N
         if run.data.tags.get(TRIAL_TAG) == trial_id:
             return run
     for run in runs:
-        try:
-            if json.loads(run.data.tags.get(VALUES_TAG, "null")) == values:
-                return run
-        except ValueError:
-            continue
+        if trial_values(run, sweep_id) == values:
+            return run
     return None
 
 
-def _link_runs(parent, trials: list[TrialOutcome]) -> None:
+def _link_runs(parent, sweep_id: str, trials: list[TrialOutcome]) -> None:
     from paralab.platform.tracking.mlflow import IDENTITY_TAG
 
-    runs = _children(parent)
+    runs = _children(parent, sweep_id)
     for trial in trials:
-        run = _child_of(runs, trial.trial_id, trial.values)
+        run = _child_of(runs, trial.trial_id, trial.values, sweep_id)
         if run is not None:
             trial.run_id, trial.identity = run.info.run_id, run.data.tags.get(IDENTITY_TAG)
 
 
-def _settle_child(parent, trial_id: str, values: dict[str, Any], step: int | None) -> None:
+def _settle_child(parent, sweep_id: str, trial_id: str, values: dict[str, Any],
+                  step: int | None) -> None:
     """Mark the child run of a trial that Tune stopped, if its actor died before it could.
 
     Called when Tune reports the trial complete: a run that finished on its own is already
     FINISHED; one still RUNNING (or FAILED by the stop) was stopped."""
-    run = _child_of(_children(parent), trial_id, values)
+    run = _child_of(_children(parent, sweep_id), trial_id, values, sweep_id)
     if run is not None and run.info.status in ("RUNNING", "FAILED"):
         if step is not None:
             parent.client.set_tag(run.info.run_id, STOPPED_TAG, str(step))
         parent.client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def _close_children(parent, trials: dict[str, TrialOutcome]) -> None:
+def _close_children(parent, sweep_id: str, trials: dict[str, TrialOutcome]) -> None:
     """Child runs left RUNNING by trials that Tune stopped or that the interrupt killed (or
     marked FAILED by a trial dying of Tune's stop)."""
-    for run in _children(parent):
+    for run in _children(parent, sweep_id):
         trial = trials.get(run.info.run_id)
         stopped = trial is not None and trial.status == "STOPPED"
         if run.info.status != "RUNNING" and not (stopped and run.info.status == "FAILED"):

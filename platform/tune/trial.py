@@ -27,6 +27,30 @@ TRIAL_TAG = "paralab.trial"
 """MLflow tag on a child run: the Tune trial id that trained it."""
 VALUES_TAG = "paralab.sweep.values"
 """MLflow tag on a child run: its swept values as JSON."""
+MEMBER_TAG = "paralab.member.{sweep_id}"
+"""MLflow tag on every run a sweep used, with its values in that sweep as JSON. A run is the
+child of the sweep that created it; a later sweep with an equal trial config (an extended
+grid) reuses the run, and finds it again by this tag."""
+
+
+def sweep_runs(client, experiment_id: str, parent_run_id: str, sweep_id: str) -> list[Any]:
+    """Every run of a sweep: the children of its parent run, and the runs it reused."""
+    runs = {}
+    for filter_string in (f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                          f"tags.`{MEMBER_TAG.format(sweep_id=sweep_id)}` LIKE '%'"):  # fmt: skip
+        for run in client.search_runs([experiment_id], filter_string=filter_string,
+                                      max_results=10000):  # fmt: skip
+            runs[run.info.run_id] = run
+    return list(runs.values())
+
+
+def trial_values(run, sweep_id: str) -> dict[str, Any] | None:
+    """The run's swept values in this sweep (its own tag first, else the latest sweep's)."""
+    text = run.data.tags.get(MEMBER_TAG.format(sweep_id=sweep_id)) or run.data.tags.get(VALUES_TAG)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -100,10 +124,17 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     identity = launch.plan_run(cfg).identity
     with _claim(context.claims, identity, trial_id):
         plan = launch.plan_run(cfg)  # again: a trial with the same config may have finished it
+        data_key = context.data_key
+        if context.data_swept:
+            from paralab.platform.data import prepare
+
+            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url).key
+        launch.check_same_data(plan, data_key)
         tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id)
         tracker.set_tags({
             "mlflow.runName": trial_label(values), SWEEP_TAG: context.sweep_id,
             TRIAL_TAG: trial_id, VALUES_TAG: json.dumps(values),
+            MEMBER_TAG.format(sweep_id=context.sweep_id): json.dumps(values),
         })
         if plan.resumed_from == cfg.train.steps:
             # Complete already (an earlier attempt, or an equal config): report, do not retrain.
@@ -111,12 +142,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tracker.finish()
             tune.report({**metrics, "step": cfg.train.steps})
             return
-        launch.record_start(cfg, plan, tracker)
-        data_key = context.data_key
-        if context.data_swept:
-            from paralab.platform.data import prepare
-
-            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url).key
+        launch.record_start(cfg, plan, tracker, data_key)
         trainer = launch.build_trainer(cfg, plan, tracker, data_key, callbacks=[TuneReportCallback()])
         try:
             result = trainer.fit()

@@ -108,21 +108,30 @@ def test_a_group_with_one_width_says_why_it_has_no_fit(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_real_sweep_then_scaling(tmp_path):
-    """The README's workflow on a tiny preset: sweep three widths of one cell, then fit."""
+    """The README's workflow on a tiny preset: sweep two widths of one cell, extend the sweep
+    by a third width (only that one trains), then fit all three."""
     home = tmp_path / "home"
     tiny = [
-        "sweep.params[model.d_model].values=[8,16,32]", "sweep.params[model.cell].values=[paragru]",
+        "sweep.params[model.cell].values=[paragru]",
         "model.n_layers=1", "model.mode=sequential", "data.seq_len=16", "data.max_tokens=20000",
         "train.steps=4", "train.batch_size=4", "train.workers=1", "train.cpus_per_worker=1",
         "train.eval_every=4", "train.checkpoint_every=4", "train.eval_batches=1",
         "tracking.log_model=false",
     ]  # fmt: skip
-    proc = run_paralab(home, "sweep", str(STUDY), *tiny, timeout=900)
+    first = ["sweep.params[model.d_model].values=[8,16]", *tiny]
+    proc = run_paralab(home, "sweep", str(STUDY), *first, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc = run_paralab(home, "scaling", str(STUDY), *tiny)
+    extended = ["sweep.params[model.d_model].values=[8,16,32]", *tiny]
+    proc = run_paralab(home, "sweep", str(STUDY), *extended, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = mlflow_at(home)
+    runs = client.search_runs([client.get_experiment_by_name("scaling-cells").experiment_id])
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 3  # 8, 16 reused
+
+    proc = run_paralab(home, "scaling", str(STUDY), *extended)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (folder,) = (home / ".paralab" / "scaling").iterdir()
     doc = json.loads((folder / "scaling.json").read_text())
-    assert len(doc["points"]) == 3
+    assert len(doc["points"]) == 3 and not doc["skipped"]
     assert [p["params"] for p in doc["points"]] == sorted(p["params"] for p in doc["points"])
     assert {f["x"] for f in doc["fits"] if "alpha" in f} == {"params", "flops"}

@@ -81,3 +81,28 @@ def test_vocabulary_larger_than_the_model():
     cfg = load_experiment(QUICKSTART, TINY)
     with pytest.raises(LaunchError, match=r"model.vocab_size=256 .* at least 50257"):
         check_data(cfg, Prepared())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_changed_corpus_is_not_resumed_under_the_same_config(paralab_cli, tmp_path):
+    # The config names the file, not its contents: editing the corpus keeps the identity,
+    # and the run's checkpoints were trained on the old text.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("In the beginning was the word. " * 1000)
+    home = tmp_path / "h"
+    text = [*TINY, "data.source=text", f"data.path={corpus}", "train.eval_batches=1",
+            "train.eval_every=2", "train.checkpoint_every=2", "tracking.log_model=false"]
+    first = paralab_cli("run", str(QUICKSTART), *text, home=home)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    (run,) = runs_of(mlflow_at(home), "bad")
+    assert run.data.tags["paralab.data_key"].startswith("text-")
+
+    corpus.write_text("And the earth was without form, and void. " * 1000)
+    again = paralab_cli("run", str(QUICKSTART), *text, home=home)
+    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+    err = again.stderr.strip()
+    assert "the data changed since run bad-" in err and "--restart" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    (after,) = runs_of(mlflow_at(home), "bad")
+    assert after.info.status == "FINISHED"  # the recorded run is untouched

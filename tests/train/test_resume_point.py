@@ -44,3 +44,30 @@ def test_snapshot_without_a_checkpoint_is_a_fresh_start(tmp_path):
     run.mkdir()
     (run / ckpt.RAY_SNAPSHOT).write_text(json.dumps({"latest_checkpoint_result": None}))
     assert ckpt.resume_step(pafs.LocalFileSystem(), str(run)) is None
+
+
+def test_a_fresh_start_names_the_other_runs_of_the_experiment(tmp_path):
+    from paralab.platform.train.launch import other_identities
+
+    for folder in ("quick-aaaaaaaaaaaa", "quick-bbbbbbbbbbbb.g1", "quick-cccccccccccc",
+                   "quicker-dddddddddddd", "sweeps"):  # fmt: skip
+        (tmp_path / folder).mkdir()
+    fs = pafs.LocalFileSystem()
+    assert other_identities(fs, str(tmp_path), "quick", "cccccccccccc") == [
+        "quick-aaaaaaaaaaaa", "quick-bbbbbbbbbbbb.g1"]
+    assert other_identities(fs, str(tmp_path / "missing"), "quick", "cccccccccccc") == []
+
+
+def test_the_data_key_is_recorded_beside_the_checkpoints(tmp_path):
+    import pytest
+
+    from paralab.platform.train.launch import LaunchError, RunPlan, check_same_data
+
+    fs = pafs.LocalFileSystem()
+    plan = RunPlan("cccccccccccc", 0, "quick-cccccccccccc", None, str(tmp_path), fs, None)
+    check_same_data(plan, "text-1111")  # nothing recorded yet: a fresh run
+    ckpt.record_data_key(fs, plan.run_path, "text-1111")
+    assert ckpt.recorded_data_key(fs, plan.run_path) == "text-1111"
+    check_same_data(plan, "text-1111")
+    with pytest.raises(LaunchError, match=r"data changed .* text-1111, now text-2222.*--restart"):
+        check_same_data(plan, "text-2222")

@@ -1,11 +1,12 @@
 """The `paralab` command line: small, obvious, and it never prints a traceback for bad input.
 
     paralab validate FILE [KEY=VALUE ...]
-    paralab run FILE [KEY=VALUE ...] [--restart]
+    paralab run FILE [KEY=VALUE ...] [--restart] [--create-bucket]
     paralab submit FILE [KEY=VALUE ...] --address http://HEAD:8265 [--sweep] [--follow]
-    paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored]
+                   [--restart | --resume --retry-errored] [--create-bucket]
+    paralab sweep FILE [KEY=VALUE ...] [--dry-run] [--resume] [--retry-errored] [--create-bucket]
     paralab scaling FILE [KEY=VALUE ...] [--out DIR]
-    paralab ui [--port 5000]
+    paralab ui [FILE [KEY=VALUE ...]] [--port 5000]
     paralab stack up|down|status
 """
 
@@ -114,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          on_event=on_event, on_progress=on_progress, on_data=on_data)
         progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
     console.print(_summary_table(summary))
-    _next_steps(summary, args.file)
+    _next_steps(summary, args.file, args.overrides)
     return 0
 
 
@@ -131,11 +132,19 @@ def _program() -> str:
     return f"{sys.executable} -m paralab.platform.cli"
 
 
-def _next_steps(summary, file: str) -> None:
+def _next_steps(summary, file: str, overrides: list[str]) -> None:
+    import shlex
+
+    from paralab.platform.config.schema import TrackingConfig
+    from paralab.platform.tracking.mlflow import tracking_uri
+
     paralab = _program()
     console.print("\n[bold]Next steps[/]")
     if summary.tracking_uri.startswith("sqlite:"):
-        console.print(f"  see the run in the MLflow UI:  [bold]{paralab} ui[/]  (serves {summary.tracking_uri})")
+        ui = f"{paralab} ui"
+        if summary.tracking_uri != tracking_uri(TrackingConfig()):  # the YAML names its own store
+            ui += " " + shlex.join([file, *overrides])
+        console.print(f"  see the run in the MLflow UI:  [bold]{escape(ui)}[/]  (serves {summary.tracking_uri})")
     else:
         console.print(f"  see the run in the MLflow UI at {summary.tracking_uri}")
     console.print(f"  checkpoints are under:         {summary.storage_path}")
@@ -146,7 +155,9 @@ def _next_steps(summary, file: str) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from paralab.platform.jobs.submit import follow, plan_submission, submit
 
-    sub = plan_submission(args.file, args.overrides, args.address, sweep=args.sweep)
+    flags = [f"--{name.replace('_', '-')}" for name in ("restart", "resume", "retry_errored",
+                                                        "create_bucket") if getattr(args, name)]
+    sub = plan_submission(args.file, args.overrides, args.address, sweep=args.sweep, flags=flags)
     cfg = sub.cfg
     what = "the sweep of " if args.sweep else ""
     console.print(f"[cyan]paralab[/] submitting {what}{escape(cfg.name)} to {escape(sub.address)} "
@@ -213,10 +224,13 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from paralab.platform.config.load import load_experiment
     from paralab.platform.config.schema import TrackingConfig
     from paralab.platform.tracking.mlflow import tracking_uri
 
-    uri = tracking_uri(TrackingConfig())
+    # The experiment's own store when a file is given; else MLFLOW_TRACKING_URI or the default.
+    tracking = load_experiment(args.file, args.overrides).tracking if args.file else TrackingConfig()
+    uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         console.print(f"MLflow is served at {uri}")
         return 0
@@ -285,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the YAML's sweep: section (paralab sweep) instead of one run")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs until it ends; exit 0 only if it succeeded")
+    p.add_argument("--restart", action="store_true",
+                   help="passed to paralab run: start a new generation instead of resuming")
+    p.add_argument("--resume", action="store_true",
+                   help="with --sweep, passed to paralab sweep: continue an interrupted sweep")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --sweep, passed to paralab sweep: rerun the trials that failed")
+    p.add_argument("--create-bucket", action="store_true",
+                   help="the job creates the storage.uri bucket if it does not exist")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("sweep", help="run the YAML's sweep: section as a Ray Tune sweep of runs")
@@ -295,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume (implied): run the trials that failed again")
+    p.add_argument("--create-bucket", action="store_true",
+                   help="create the storage.uri bucket if it does not exist")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("scaling", help="fit power laws to a finished sweep and write the report")
@@ -307,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=cmd_stack)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on the embedded tracking store")
+    p = sub.add_parser("ui", help="open the MLflow UI on the embedded tracking store, or FILE's")
+    p.add_argument("file", nargs="?", help="experiment YAML whose tracking.uri to serve")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of FILE")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
@@ -349,7 +375,7 @@ def _again(args: argparse.Namespace) -> str:
     import shlex
 
     words = ["paralab", args.command]
-    if hasattr(args, "file"):
+    if getattr(args, "file", None):
         words += [args.file, *args.overrides]
     if args.command == "sweep":
         words.append("--resume")

@@ -24,11 +24,13 @@ def test_cli_surface_is_frozen():
     assert surface(build_parser()) == {
         "validate": ["--help", "file", "overrides"],
         "run": ["--create-bucket", "--help", "--restart", "file", "overrides"],
-        "submit": ["--address", "--follow", "--help", "--sweep", "file", "overrides"],
-        "sweep": ["--dry-run", "--help", "--resume", "--retry-errored", "file", "overrides"],
+        "submit": ["--address", "--create-bucket", "--follow", "--help", "--restart", "--resume",
+                   "--retry-errored", "--sweep", "file", "overrides"],
+        "sweep": ["--create-bucket", "--dry-run", "--help", "--resume", "--retry-errored", "file",
+                  "overrides"],
         "scaling": ["--help", "--out", "file", "overrides"],
         "stack": ["--help", "action"],
-        "ui": ["--help", "--host", "--port"],
+        "ui": ["--help", "--host", "--port", "file", "overrides"],
     }
 
 
@@ -128,3 +130,20 @@ def test_the_code_version_covers_only_code_that_computes(tmp_path):
     assert code_hash(shipped=other) == before  # the first copy is the one imported and hashed
     (tree / "models" / "lm.py").write_text("# edited\n", encoding="utf-8")
     assert code_hash() != before
+
+
+def test_ui_serves_the_store_the_experiment_names(tmp_path, monkeypatch, capsys):
+    from paralab.platform import cli
+
+    exec_args = []
+    monkeypatch.setattr(cli.os, "execvp", lambda program, argv: exec_args.append(argv))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "elsewhere.db"
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(f"tracking: {{uri: 'sqlite:///{db}'}}\n")
+    assert main(["ui", str(experiment), "--port", "5077"]) == 0
+    (argv,) = exec_args
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{db}"
+    assert argv[argv.index("--port") + 1] == "5077"
+    assert main(["ui", str(experiment), "tracking.uri=http://mlflow.internal:5000"]) == 0
+    assert "MLflow is served at http://mlflow.internal:5000" in capsys.readouterr().out

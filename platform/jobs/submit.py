@@ -125,13 +125,26 @@ def _stage_code(stage: Path) -> Path:
     return root
 
 
+JOB_FLAGS = {"run": ("--restart", "--create-bucket"),
+             "sweep": ("--resume", "--retry-errored", "--create-bucket")}
+"""The options of ``paralab run`` / ``paralab sweep`` that a submitted job may be given."""
+
+
 def plan_submission(
-    file: str, overrides: list[str], address: str | None, sweep: bool = False
+    file: str, overrides: list[str], address: str | None, sweep: bool = False,
+    flags: list[str] | tuple[str, ...] = (),
 ) -> Submission:
     """Check everything that can be checked here, and stage the job's files. With ``sweep``
-    the job runs ``paralab sweep`` on the file's ``sweep:`` section instead of one run."""
+    the job runs ``paralab sweep`` on the file's ``sweep:`` section instead of one run;
+    ``flags`` (e.g. ``--resume``) are passed to that command."""
     from paralab.platform.identity import code_version, run_identity
 
+    command = "sweep" if sweep else "run"
+    for flag in flags:
+        if flag not in JOB_FLAGS[command]:
+            other = "without" if command == "sweep" else "with"
+            raise SubmitError(f"{flag} is an option of paralab {'run' if sweep else 'sweep'}: "
+                              f"use it {other} --sweep")
     url = job_address(address)
     if sweep:
         from paralab.platform.tune.sweep import plan_sweep
@@ -148,11 +161,10 @@ def plan_submission(
     identity = run_identity(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_name = re.sub(r"[^A-Za-z0-9_-]", "-", cfg.name)
-    command = "sweep" if sweep else "run"
     return Submission(
         address=url,
         cfg=cfg,
-        entrypoint=f"python -m paralab.platform.cli {command} experiment.yaml",
+        entrypoint=" ".join(["python -m paralab.platform.cli", command, "experiment.yaml", *flags]),
         runtime_env={"working_dir": str(work), "py_modules": [str(code)]},
         submission_id=f"paralab-{command}-{safe_name}-{identity[:8]}-{stamp}",
         metadata={"paralab.experiment": cfg.name, "paralab.code_version": code_version(),

@@ -38,7 +38,7 @@ def sweep_command(args: argparse.Namespace, console: Console, err_console: Conso
     try:
         with display.live(board, keys, console):
             outcome = run_sweep(plan, resume=args.resume, retry_errored=args.retry_errored,
-                                board=board, on_event=on_event)
+                                create_bucket=args.create_bucket, board=board, on_event=on_event)
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]: resume with `{resume} --resume`", soft_wrap=True)
         return INTERRUPTED

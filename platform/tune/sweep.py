@@ -159,7 +159,33 @@ def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     plan.trials = spaces.expand(cfg.sweep)
     plan.per_trial = _largest_trial(plan)
     _refuse_pbt(plan)
+    _check_metric(path, cfg)
     return plan
+
+
+EVAL_METRICS = ("val_loss", "val_ppl")
+"""In every report to Tune: each report is an evaluation."""
+STEP_METRICS = ("loss", "grad_norm", "lr", "tokens_per_s", "model_tflops_per_s", "tokens", "mfu")
+"""In a report only when its step is also a logging step (``train.log_every``)."""
+
+
+def _check_metric(path: str | Path, cfg: ExperimentConfig) -> None:
+    """``sweep.metric`` must be in the reports Tune ranks trials by; a typo would otherwise
+    fail inside Tune, after the trials have trained."""
+    metric, tc = cfg.sweep.metric, cfg.train
+    if metric in EVAL_METRICS or metric.startswith("newton/"):
+        return
+    if metric not in STEP_METRICS:
+        raise ConfigError(
+            f"{path}: sweep.metric={metric!r} is not a reported metric; use one of "
+            f"{', '.join(EVAL_METRICS + STEP_METRICS)} or newton/…"
+        )
+    if tc.eval_every % tc.log_every or tc.checkpoint_every % tc.log_every:
+        raise ConfigError(
+            f"{path}: sweep.metric={metric!r} is logged every train.log_every={tc.log_every} "
+            f"steps, which must divide train.eval_every={tc.eval_every} and "
+            f"train.checkpoint_every={tc.checkpoint_every} for Tune to see it in every report"
+        )
 
 
 def _largest_trial(plan: SweepPlan) -> Resources:
@@ -288,11 +314,11 @@ def _search(plan: SweepPlan, at_once: int | None):
     return BasicVariantGenerator(random_state=plan.sweep.search.seed, max_concurrent=at_once or 0), None
 
 
-def _storage(plan: SweepPlan):
+def _storage(plan: SweepPlan, create_bucket: bool = False):
     from paralab.platform.storage import Storage
 
     storage = Storage.from_config(plan.cfg.storage)
-    storage.preflight()
+    storage.preflight(create_bucket=create_bucket)
     root, fs = storage.ray_storage()
     return storage, root.rstrip("/"), fs
 
@@ -318,6 +344,7 @@ def run_sweep(
     *,
     resume: bool = False,
     retry_errored: bool = False,
+    create_bucket: bool = False,
     board: Board | None = None,
     on_event: Callable[[str], None] = lambda message: None,
 ) -> SweepOutcome:
@@ -333,7 +360,7 @@ def run_sweep(
 
     started = time.monotonic()
     resume = resume or retry_errored
-    storage, root, fs = _storage(plan)
+    storage, root, fs = _storage(plan, create_bucket)
     sweeps_root = f"{root}/{SWEEPS_DIR}"
     state_path = f"{sweeps_root}/{plan.name}"
     state_uri = storage.uri_of(SWEEPS_DIR, plan.name)

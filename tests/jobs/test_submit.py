@@ -22,7 +22,7 @@ import pytest
 import yaml
 from paralab_testing import QUICKSTART, run_paralab, runs_of
 
-from paralab.platform.jobs.submit import plan_submission
+from paralab.platform.jobs.submit import SubmitError, plan_submission
 
 DURABLE = ["tracking.uri=http://mlflow.internal:5000", "storage.uri=s3://bucket/runs"]
 SCALING = QUICKSTART.parent / "scaling" / "cells.yaml"
@@ -74,6 +74,19 @@ def test_the_job_carries_the_resolved_experiment_and_this_code(monkeypatch):
         import shutil
 
         shutil.rmtree(sub.stage)
+
+
+def test_run_and_sweep_options_reach_the_job_and_only_the_right_command():
+    import shutil
+
+    sub = plan_submission(str(SCALING), DURABLE, "http://head:8265", sweep=True,
+                          flags=["--resume", "--create-bucket"])  # fmt: skip
+    shutil.rmtree(sub.stage)
+    assert sub.entrypoint == "python -m paralab.platform.cli sweep experiment.yaml --resume --create-bucket"
+    with pytest.raises(SubmitError, match="--resume is an option of paralab sweep: use it with --sweep"):
+        plan_submission(str(QUICKSTART), DURABLE, "http://head:8265", flags=["--resume"])
+    with pytest.raises(SubmitError, match="--restart is an option of paralab run: use it without"):
+        plan_submission(str(SCALING), DURABLE, "http://head:8265", sweep=True, flags=["--restart"])
 
 
 def test_file_storage_puts_the_data_cache_on_the_same_shared_path():

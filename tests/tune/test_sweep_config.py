@@ -88,6 +88,7 @@ def test_bad_space_through_the_real_cli(tmp_path):
     ("scheduler: {type: hyperband}\n  ", "sweep.scheduler.type must be one of ('fifo', 'asha', 'pbt')"),
     ("scheduler: {type: asha, grace_period: 0}\n  ", "sweep.scheduler.grace_period must be >= 1"),
     ("num_samples: 0\n  ", "sweep.num_samples must be >= 1"),
+    ("metric: val_los\n  ", "sweep.metric='val_los' is not a reported metric; use one of val_loss"),
 ])
 def test_bad_sweep_settings(extra, expected, tmp_path):
     path = sweep_file(tmp_path, "model.newton_iters: {type: randint, low: 1, high: 4}\n    "
@@ -95,6 +96,13 @@ def test_bad_sweep_settings(extra, expected, tmp_path):
     with pytest.raises(ConfigError) as info:
         plan_sweep(path)
     assert expected in str(info.value)
+
+
+def test_a_step_metric_must_be_logged_at_every_report(tmp_path):
+    path = sweep_file(tmp_path, "model.cell: {type: grid, values: [paragru]}", "metric: tokens_per_s\n  ")
+    plan_sweep(path, ["train.log_every=10", "train.eval_every=100", "train.checkpoint_every=200"])
+    with pytest.raises(ConfigError, match=r"train.log_every=30 steps, which must divide train.eval_every=100"):
+        plan_sweep(path, ["train.log_every=30", "train.eval_every=100"])
 
 
 def test_pbt_is_refused_before_anything_starts(tmp_path, capsys):

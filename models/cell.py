@@ -169,10 +169,16 @@ class RecurrentCell(nn.Module):
     def apply_recurrence(
         self, p: torch.Tensor, state: torch.Tensor | None, mode: str, record: bool = True
     ) -> torch.Tensor:
-        """States ``[B, T, ...]`` from p ``[B, T, G, N]`` in ``mode``; records Newton stats."""
+        """States ``[B, T, ...]`` from p ``[B, T, G, N]`` in ``mode``.
+
+        With ``record``, ``last_newton_stats`` becomes this call's Newton statistics (None
+        for a ``sequential`` call, which runs no Newton) and fallbacks are counted.
+        """
         h0 = self._initial(p, state)
         mode = resolve_mode(mode, self, p)
         if mode == "sequential":
+            if record:  # else model.newton_stats() would report an earlier call's residuals
+                self.last_newton_stats = None
             return sequential_solve(self.transition, p, h0)
         if mode == "triton":
             states = self._apply_fused(p, h0, record)
@@ -189,7 +195,8 @@ class RecurrentCell(nn.Module):
     def _apply_fused(self, p: torch.Tensor, h0: torch.Tensor, record: bool):
         """The fused-kernel path of ``triton`` mode, with the same acceptance check and
         fallback as the generic Newton.  Used for fp32 without ``newton_tol`` (the kernels
-        run a fixed iteration count in fp32)."""
+        run a fixed iteration count in fp32); None otherwise, and fp64 then runs the generic
+        Newton on Triton scans, which compute in fp64."""
         settings = self.newton_settings()
         if p.dtype != torch.float32 or settings.newton_tol is not None:
             return None

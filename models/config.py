@@ -46,8 +46,8 @@ class ModelConfig:
     """Stop Newton early once the max residual falls below this; `null` runs all iterations."""
     a_bound: float = 0.5
     """Bound on |A| and |C|, the recurrent weights; Newton's convergence depends on it."""
-    newton_fallback_tol: float | None = 1e-2
-    """Largest final Newton residual (times max(1, max|h|)) accepted before the call is redone sequentially; `null` skips the check and its host sync."""
+    newton_fallback_tol: float | None = 1e-4
+    """Largest final Newton residual (times max(1, max|h|)) accepted before the call is redone sequentially; 1e-4 is a little under √eps of fp32, the recurrence's compute dtype, and a solve's output error is about its residual; `null` skips the check and its host sync."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

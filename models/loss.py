@@ -3,7 +3,8 @@
     loss = CE(logits, targets) + z_loss · mean(logsumexp(logits)²)
 
 The z term keeps the softmax normaliser near 1 so that bf16 logits do not drift; the paper
-uses 1e-4 (5e-6 at 7B).  Targets equal to ``ignore_index`` count in neither term.
+uses 1e-4 (5e-6 at 7B).  Targets equal to ``ignore_index`` count in neither term; a batch
+whose targets are all ignored has loss 0 (and zero gradients), not the NaN of 0/0.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ def lm_loss(
     """
     logits = logits.float().flatten(0, -2)
     targets = targets.flatten()
-    cross_entropy = F.cross_entropy(logits, targets, ignore_index=ignore_index)
     mask = targets != ignore_index
-    z_term = (torch.logsumexp(logits, dim=-1)[mask] ** 2).mean()
+    count = mask.sum().clamp(min=1)
+    cross_entropy = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    cross_entropy = cross_entropy / count
+    z_term = (torch.logsumexp(logits, dim=-1)[mask] ** 2).sum() / count
     loss = cross_entropy + z_loss * z_term if z_loss else cross_entropy
     return loss, z_term

@@ -80,6 +80,8 @@ def gru_sequential(
     for t in range(p.shape[1]):
         h = gru_cell(p[:, t], A.to(p.dtype), h)
         out.append(h)
+    if not out:
+        return p.new_zeros(p.shape[0], 0, p.shape[-1])
     return torch.stack(out, dim=1)
 
 
@@ -155,5 +157,8 @@ def lstm_sequential(
     for t in range(p.shape[1]):
         s = lstm_cell(p[:, t], A.to(p.dtype), C.to(p.dtype), s)
         out.append(s)
+    if not out:
+        empty = p.new_zeros(p.shape[0], 0, p.shape[-1])
+        return empty, empty.clone()
     states = torch.stack(out, dim=1)
     return states[..., 1], states[..., 0]

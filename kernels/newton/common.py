@@ -65,6 +65,17 @@ def newton_launch_config(p: torch.Tensor, chunk_size, use_associative_scan) -> d
     return cfg
 
 
+def reject_fp64(*tensors: torch.Tensor | None) -> None:
+    """The fused kernels compute in fp32; silently demoting fp64 would lose what the caller
+    asked fp64 for."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        raise ValueError(
+            "the fused Newton kernels compute in fp32 and do not take fp64; use "
+            "newton_gru_reference / newton_lstm_reference (scan_backend='triton' for Triton "
+            "scans), which compute in fp64"
+        )
+
+
 def launch_chunked(kernel, args: tuple, B: int, T: int, N: int, block: bool, cfg: dict, **consts):
     """Run ``kernel`` over (groups, unit blocks, batch), with the reduce/carry passes when
     time is split into several groups."""
@@ -86,7 +97,7 @@ def launch_chunked(kernel, args: tuple, B: int, T: int, N: int, block: bool, cfg
         )
         carry_kernel = _block_chunk_carry_kernel if block else _diag_chunk_carry_kernel
         carry_kernel[(cfg["n_blocks"], B)](
-            chunk_a, chunk_b, chunk_b, carry, N, G, BN=BN, HAS_H0=False
+            chunk_a, chunk_b, chunk_b, carry, N, G, BN=BN, HAS_H0=False, ACC=tl.float32
         )
         kernel[grid](
             *args, chunk_a, chunk_b, carry, T, N, cfg["ROWS"], STAGE=1, HAS_CARRY=True, **common

@@ -27,7 +27,13 @@ import triton
 import triton.language as tl
 
 from paralab.kernels.newton.cells import gru_cell
-from paralab.kernels.newton.common import launch_chunked, load_gates, newton_launch_config, tanh
+from paralab.kernels.newton.common import (
+    launch_chunked,
+    load_gates,
+    newton_launch_config,
+    reject_fp64,
+    tanh,
+)
 from paralab.kernels.scan.triton import diag_tile_scan, last_row, load_row
 
 
@@ -109,7 +115,7 @@ def _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_H0: tl.cons
     b_az = tl.load(A + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ar = tl.load(A + N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     b_ac = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    return b_az, b_ar, b_ac, load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
+    return b_az, b_ar, b_ac, load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0, tl.float32)
 
 
 @triton.jit
@@ -162,7 +168,7 @@ def _gru_newton_fwd_kernel(
     base = i_b.to(tl.int64) * T * N
     b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    b_d = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
+    b_d = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY, tl.float32)
     s_begin = i_g * ROWS
     b_d, b_prod, b_res = _gru_fwd_pass(
         p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, tl.minimum(s_begin + ROWS, T),
@@ -190,7 +196,7 @@ def _gru_newton_bwd_kernel(
     base3 = base * 3
     b_az, b_ar, b_ac, b_h0 = _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN, HAS_H0)
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    b_lam = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
+    b_lam = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY, tl.float32)
     b_prod = tl.full([BN], 1.0, dtype=tl.float32)
     b_gaz = tl.zeros([BN], dtype=tl.float32)
     b_gar = tl.zeros([BN], dtype=tl.float32)
@@ -255,7 +261,8 @@ class NewtonGRUFn(torch.autograd.Function):
         cfg = newton_launch_config(p, chunk_size, use_associative_scan)
         if newton_iters == 0 or T == 0:
             h = gru_cell(p.float(), A32, p.new_zeros((B, T, N), dtype=torch.float32))
-            res = p.new_zeros(0, dtype=torch.float32)
+            # No iteration ran (empty residuals), or they ran on an empty sequence (zeros).
+            res = p.new_zeros(newton_iters, dtype=torch.float32)
         else:
             # Iterates alternate between two buffers; only the last one is kept.
             h_buf = [torch.empty((B, T, N), device=p.device, dtype=torch.float32) for _ in range(2)]
@@ -285,14 +292,19 @@ class NewtonGRUFn(torch.autograd.Function):
         return h.to(p.dtype), res
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, _grad_res):
         p, A32, h0_32, h = ctx.saved_tensors
         B, T, _, N = p.shape
         cfg = ctx.cfg
         grad_h = grad_h.contiguous()
         grad_p = torch.empty_like(p)
-        grad_a_part = torch.empty((B, cfg["G"], 3, N), device=p.device, dtype=torch.float32)
-        grad_h0 = None if h0_32 is None else torch.empty_like(h0_32)
+        # With T = 0 no kernel runs: the per-program partial sums and grad_h0 must start at 0.
+        alloc = torch.empty if T > 0 else torch.zeros
+        grad_a_part = alloc((B, cfg["G"], 3, N), device=p.device, dtype=torch.float32)
+        grad_h0 = (
+            None if h0_32 is None else alloc(h0_32.shape, device=p.device, dtype=torch.float32)
+        )
         if T > 0:
             launch_chunked(
                 _gru_newton_bwd_kernel,
@@ -318,7 +330,9 @@ def newton_gru_fused(
     """ParaGRU by Newton's method with fused Triton kernels.
 
     Args:
-        p: pre-activations ``[B, T, 3, N]``, gate rows (z, r, c); fp32, bf16 or fp16.
+        p: pre-activations ``[B, T, 3, N]``, gate rows (z, r, c); fp32, bf16 or fp16 (fp64
+            raises ValueError: the kernels compute in fp32, so use
+            :func:`~paralab.kernels.newton.newton_gru_reference` with ``scan_backend="triton"``).
         A: diagonal recurrent weights ``[3, N]``.
         h0: initial state ``[B, N]``; zeros when None.
         newton_iters: fixed number of Newton iterations (each one fused scan).
@@ -329,8 +343,10 @@ def newton_gru_fused(
 
     Returns:
         h ``[B, T, N]`` in p's dtype (and the residuals); iterates and arithmetic are fp32.
-        Gradients flow to p, A and h0 through the fused adjoint pass.
+        Gradients flow to p, A and h0 through the fused adjoint pass (once: double backward
+        raises).  T = 0 gives an empty h, zero residuals and zero gradients.
     """
+    reject_fp64(p, A, h0)
     if p.dim() != 4 or p.shape[2] != 3 or A.shape != (3, p.shape[3]):
         raise ValueError(
             f"expected p [B, T, 3, N] and A [3, N]; got {tuple(p.shape)}, {tuple(A.shape)}"

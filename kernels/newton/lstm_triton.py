@@ -26,6 +26,7 @@ from paralab.kernels.newton.common import (
     launch_chunked,
     load_gates,
     newton_launch_config,
+    reject_fp64,
     tanh,
 )
 from paralab.kernels.scan.triton import (
@@ -90,8 +91,8 @@ def _load_weights(A, C, o_n, m_n, N):
 def _load_params(A, C, c0, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_S0: tl.constexpr):
     """:func:`_load_weights`, then batch row ``i_b``'s initial (c, h) as [BN] vectors."""
     b_af, b_ao, b_ac, b_cf, b_co = _load_weights(A, C, o_n, m_n, N)
-    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0)
-    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0)
+    b_c0 = load_row(c0, i_b, o_n, m_n, N, BN, HAS_S0, tl.float32)
+    b_h0 = load_row(h0, i_b, o_n, m_n, N, BN, HAS_S0, tl.float32)
     return b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0
 
 
@@ -220,7 +221,7 @@ def _lstm_newton_fwd_kernel(
         A, C, c0, h0, i_b, o_n, m_n, N, BN, HAS_S0
     )
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    b_d0, b_d1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
+    b_d0, b_d1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY, tl.float32)
     s_begin = i_g * ROWS
     b_d0, b_d1, b_p00, b_p01, b_p10, b_p11, b_res = _lstm_fwd_pass(
         p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
@@ -250,7 +251,7 @@ def _lstm_newton_bwd_kernel(
         A, C, c0, h0, i_b, o_n, m_n, N, BN, HAS_S0
     )
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
-    b_l0, b_l1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY)
+    b_l0, b_l1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, HAS_CARRY, tl.float32)
     b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
     b_p01 = tl.zeros([BN], dtype=tl.float32)
     b_p10 = tl.zeros([BN], dtype=tl.float32)
@@ -347,7 +348,8 @@ class NewtonLSTMFn(torch.autograd.Function):
         if newton_iters == 0 or T == 0:
             s = lstm_cell(p.float(), A32, C32, p.new_zeros((B, T, N, 2), dtype=torch.float32))
             c, h = s[..., 0].contiguous(), s[..., 1].contiguous()
-            res = p.new_zeros(0, dtype=torch.float32)
+            # No iteration ran (empty residuals), or they ran on an empty sequence (zeros).
+            res = p.new_zeros(newton_iters, dtype=torch.float32)
         else:
             # Iterates alternate between two (c, h) buffers; only the last one is kept.
             bufs = [
@@ -388,9 +390,12 @@ class NewtonLSTMFn(torch.autograd.Function):
         has_s0 = h0_32 is not None
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h.contiguous()
         grad_p = torch.empty_like(p)
-        grad_w_part = torch.empty((B, cfg["G"], 5, N), device=p.device, dtype=torch.float32)
-        grad_c0 = torch.empty_like(c0_32) if has_s0 else None
-        grad_h0 = torch.empty_like(h0_32) if has_s0 else None
+        # With T = 0 no kernel runs: the per-program partial sums and grad_s0 must start at 0.
+        alloc = torch.empty if T > 0 else torch.zeros
+        grad_w_part = alloc((B, cfg["G"], 5, N), device=p.device, dtype=torch.float32)
+        s0_shape = (B, N)
+        grad_c0 = alloc(s0_shape, device=p.device, dtype=torch.float32) if has_s0 else None
+        grad_h0 = alloc(s0_shape, device=p.device, dtype=torch.float32) if has_s0 else None
         if T > 0:
             launch_chunked(
                 _lstm_newton_bwd_kernel,
@@ -422,7 +427,9 @@ def newton_lstm_fused(
     """ParaLSTM by Newton's method with fused Triton kernels.
 
     Args:
-        p: pre-activations ``[B, T, 3, N]``, gate rows (f, o, c̃); fp32, bf16 or fp16.
+        p: pre-activations ``[B, T, 3, N]``, gate rows (f, o, c̃); fp32, bf16 or fp16 (fp64
+            raises ValueError: the kernels compute in fp32, so use
+            :func:`~paralab.kernels.newton.newton_lstm_reference` with ``scan_backend="triton"``).
         A: diagonal recurrent weights ``[3, N]``; C: peepholes ``[2, N]``, rows (f, o).
         h0, c0: initial hidden and cell states ``[B, N]``; zeros when None.
         newton_iters: fixed number of Newton iterations (each one fused scan).
@@ -436,8 +443,10 @@ def newton_lstm_fused(
     Returns:
         h ``[B, T, N]`` in p's dtype, then c if ``return_cell``, then the residuals if
         ``return_residuals``; a bare tensor when neither flag is set.  Gradients flow to p,
-        A, C, h0 and c0 through the fused adjoint pass.
+        A, C, h0 and c0 through the fused adjoint pass (once: double backward raises).
+        T = 0 gives empty outputs, zero residuals and zero gradients.
     """
+    reject_fp64(p, A, C, h0, c0)
     B, N = p.shape[0], p.shape[-1]
     if p.dim() != 4 or p.shape[2] != 3 or A.shape != (3, N) or C.shape != (2, N):
         raise ValueError(

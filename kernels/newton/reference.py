@@ -40,8 +40,15 @@ def _cell_jacobian(kind, p, A, C, s):
 
 def shift_states(s: torch.Tensor, s0: torch.Tensor | None) -> torch.Tensor:
     """s_{t-1} for every t: [s0 (zeros if None), s_0, ..., s_{T-2}] along dim 1."""
+    if s.shape[1] == 0:
+        return s
     first = torch.zeros_like(s[:, :1]) if s0 is None else s0.to(s.dtype).unsqueeze(1)
     return torch.cat([first, s[:, :-1]], dim=1)
+
+
+def _max_abs(x: torch.Tensor) -> torch.Tensor:
+    """max |x|, 0 for an empty x (where ``amax`` raises)."""
+    return x.abs().amax() if x.numel() else x.new_zeros(())
 
 
 class _NewtonReferenceFn(torch.autograd.Function):
@@ -57,7 +64,7 @@ class _NewtonReferenceFn(torch.autograd.Function):
         for _ in range(newton_iters):
             f, J = _cell_jacobian(kind, p_, A_, C_, shift_states(s, s0_))
             r = f - s
-            residuals.append(r.abs().amax())
+            residuals.append(_max_abs(r))
             s = s + linear_scan(J, r, backend=scan_backend)
         ctx.save_for_backward(p_, A_, C_, s0_, s)
         ctx.kind, ctx.scan_backend, ctx.dtypes = (
@@ -88,7 +95,12 @@ class _NewtonReferenceFn(torch.autograd.Function):
             grads = torch.autograd.grad(out, wrt, lam)
         grad_p, grad_A, grad_s_prev = grads[:3]
         grad_C = grads[3].to(ctx.dtypes[2]) if C_leaf is not None else None
-        grad_s0 = None if s0_ is None else grad_s_prev[:, 0].to(ctx.s0_dtype)
+        if s0_ is None:
+            grad_s0 = None
+        elif s.shape[1] == 0:  # no step reads s0
+            grad_s0 = torch.zeros_like(s0_).to(ctx.s0_dtype)
+        else:
+            grad_s0 = grad_s_prev[:, 0].to(ctx.s0_dtype)
         return None, None, None, grad_p.to(ctx.dtypes[0]), grad_A.to(ctx.dtypes[1]), grad_C, grad_s0
 
 

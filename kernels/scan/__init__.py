@@ -38,8 +38,11 @@ def linear_scan(
         backend: ``"sequential"``, ``"torch"`` or ``"triton"``.
 
     Returns:
-        h with the shape and dtype of ``b``; accumulation is in fp32 (fp64 for fp64 input).
-        Differentiable with respect to ``a``, ``b`` and ``h0`` on every backend.
+        h with the shape and dtype of ``b``.  Every backend accumulates in fp32, or in fp64
+        for fp64 input, also under autocast (the 2×2 products are elementwise, not
+        matmuls).  Differentiable with respect to ``a``, ``b`` and ``h0`` on every backend
+        (the Triton backend once: its double backward raises).  T = 0 gives an empty h and
+        zero gradients.
     """
     if backend == "sequential":
         return linear_scan_sequential(a, b, h0, reverse)

@@ -8,18 +8,15 @@ Same recurrence and shapes as :mod:`paralab.kernels.scan.reference`.  Elements a
 and ⌈log2 T⌉ doubling steps give every prefix.  Work is O(T log T), but each step is a
 handful of large batched tensor ops, which is what a GPU without custom kernels wants.
 The initial state is folded into the first element (b_0 += a_0 h0); ``reverse=True`` flips
-time.  Autograd differentiates through the doubling steps.
+time.  Autograd differentiates through the doubling steps.  The 2×2 products are written
+elementwise, so autocast cannot demote them to bf16.
 """
 
 from __future__ import annotations
 
 import torch
 
-from paralab.kernels.scan.utils import acc_dtype, check_scan_args
-
-
-def _matvec(a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    return (a @ h.unsqueeze(-1)).squeeze(-1)
+from paralab.kernels.scan.utils import acc_dtype, block_matmul, block_matvec, check_scan_args
 
 
 def linear_scan_parallel(
@@ -38,7 +35,7 @@ def linear_scan_parallel(
     if h0 is not None and T > 0:
         h0 = h0.to(dtype)
         first = acc_b[:, :1] + (
-            _matvec(acc_a[:, :1], h0.unsqueeze(1)) if block else acc_a[:, :1] * h0.unsqueeze(1)
+            block_matvec(acc_a[:, :1], h0.unsqueeze(1)) if block else acc_a[:, :1] * h0.unsqueeze(1)
         )
         acc_b = torch.cat([first, acc_b[:, 1:]], dim=1)
     offset = 1
@@ -47,8 +44,8 @@ def linear_scan_parallel(
         a_hi, b_hi = acc_a[:, offset:], acc_b[:, offset:]
         a_lo, b_lo = acc_a[:, :-offset], acc_b[:, :-offset]
         if block:
-            new_b = _matvec(a_hi, b_lo) + b_hi
-            new_a = a_hi @ a_lo
+            new_b = block_matvec(a_hi, b_lo) + b_hi
+            new_a = block_matmul(a_hi, a_lo)
         else:
             new_b = a_hi * b_lo + b_hi
             new_a = a_hi * a_lo

@@ -6,7 +6,8 @@
 with h_{-1} = h0 (zeros when absent).  With ``reverse=True`` time runs backwards,
 h_t = a_t h_{t+1} + b_t, and h0 is the state "after" the end (h_T).
 
-Arithmetic is done in fp32 (fp64 stays fp64); the result has the input dtype.
+Arithmetic is done in fp32 (fp64 stays fp64), also under autocast; the result has the input
+dtype.
 Autograd differentiates straight through the loop.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from paralab.kernels.scan.utils import acc_dtype, check_scan_args
+from paralab.kernels.scan.utils import acc_dtype, block_matvec, check_scan_args
 
 
 def linear_scan_sequential(
@@ -37,7 +38,7 @@ def linear_scan_sequential(
     steps = range(T - 1, -1, -1) if reverse else range(T)
     for t in steps:
         if block:
-            h = (a32[:, t] @ h.unsqueeze(-1)).squeeze(-1) + b32[:, t]
+            h = block_matvec(a32[:, t], h) + b32[:, t]
         else:
             h = a32[:, t] * h + b32[:, t]
         out[t] = h

@@ -27,7 +27,8 @@ earlier element x then later y:
 
 Time order is reversed by mapping the scan position s to t = T - 1 - s; the adjoint pass reads
 the coefficient at t + A_SHIFT (transposed for blocks), so the same kernels solve
-λ_t = g_t + a_{t+1}ᵀ λ_{t+1}.  All arithmetic is fp32.
+λ_t = g_t + a_{t+1}ᵀ λ_{t+1}.  Arithmetic is in the accumulation dtype ``ACC``, a constexpr
+of every kernel: fp64 for fp64 input, fp32 for everything else (``utils.acc_dtype``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-from paralab.kernels.scan.utils import check_scan_args
+from paralab.kernels.scan.utils import acc_dtype, block_matvec, check_scan_args
+
+# Accumulation dtype (see ``acc_dtype``) → the Triton dtype the kernels compute in.
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 # ---------------------------------------------------------------------------------------------
 # Combine functions (x is the earlier element, y the later one).
@@ -138,27 +142,27 @@ def last_row(x, BT: tl.constexpr):
 
 
 @triton.jit
-def load_row(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
-    """Row ``row`` of a [rows, N] tensor (an initial state, a group's carry) as an fp32 [BN]
-    vector; zeros when not ``PRESENT``."""
+def load_row(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr, ACC: tl.constexpr):
+    """Row ``row`` of a [rows, N] tensor (an initial state, a group's carry) as a [BN]
+    vector of the accumulation dtype ``ACC``; zeros when not ``PRESENT``."""
     if PRESENT:
-        b_x = tl.load(x + row.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_x = tl.load(x + row.to(tl.int64) * N + o_n, mask=m_n, other=0.0).to(ACC)
     else:
-        b_x = tl.zeros([BN], dtype=tl.float32)
+        b_x = tl.zeros([BN], dtype=ACC)
     return b_x
 
 
 @triton.jit
-def load_row_pair(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr):
-    """Row ``row`` of a [rows, N, 2] tensor (a 2×2-block state) as two fp32 [BN] vectors;
-    zeros when not ``PRESENT``."""
+def load_row_pair(x, row, o_n, m_n, N, BN: tl.constexpr, PRESENT: tl.constexpr, ACC: tl.constexpr):
+    """Row ``row`` of a [rows, N, 2] tensor (a 2×2-block state) as two [BN] vectors of
+    dtype ``ACC``; zeros when not ``PRESENT``."""
     if PRESENT:
         o_x = (row.to(tl.int64) * N + o_n) * 2
-        b_x0 = tl.load(x + o_x + 0, mask=m_n, other=0.0).to(tl.float32)
-        b_x1 = tl.load(x + o_x + 1, mask=m_n, other=0.0).to(tl.float32)
+        b_x0 = tl.load(x + o_x + 0, mask=m_n, other=0.0).to(ACC)
+        b_x1 = tl.load(x + o_x + 1, mask=m_n, other=0.0).to(ACC)
     else:
-        b_x0 = tl.zeros([BN], dtype=tl.float32)
-        b_x1 = tl.zeros([BN], dtype=tl.float32)
+        b_x0 = tl.zeros([BN], dtype=ACC)
+        b_x1 = tl.zeros([BN], dtype=ACC)
     return b_x0, b_x1
 
 
@@ -204,7 +208,7 @@ def _prev_time(o_t, m_s, T, A_SHIFT: tl.constexpr):
 def _diag_tile(
     a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr,
+    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Advance (b_h, b_prod) over one tile.  With ``GRAD_A`` (the adjoint pass, where the
     scanned state is λ) also write grad_a_t = λ_t ⊙ h_prev from the forward states ``h_fwd``
@@ -219,10 +223,10 @@ def _diag_tile(
     m_s = o_s < T
     m_a = m_s & (o_ta >= 0) & (o_ta < T)
     p_a = a + base + o_ta[:, None] * N + o_n[None, :]
-    b_a = tl.load(p_a, mask=m_a[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    b_a = tl.load(p_a, mask=m_a[:, None] & m_n[None, :], other=0.0).to(ACC)
     b_a = tl.where(m_s[:, None], b_a, 1.0)
     p_b = b + base + o_t[:, None] * N + o_n[None, :]
-    b_b = tl.load(p_b, mask=m_s[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    b_b = tl.load(p_b, mask=m_s[:, None] & m_n[None, :], other=0.0).to(ACC)
     b_a, b_b = diag_tile_scan(b_a, b_b, BT, USE_ASSOC)
     b_hs = b_a * b_h[None, :] + b_b
     if STORE_H:
@@ -231,7 +235,7 @@ def _diag_tile(
     if GRAD_A:
         o_tp, m_in, m_edge = _prev_time(o_t, m_s, T, A_SHIFT)
         p_hp = h_fwd + base + o_tp[:, None] * N + o_n[None, :]
-        b_hp = tl.load(p_hp, mask=m_in[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        b_hp = tl.load(p_hp, mask=m_in[:, None] & m_n[None, :], other=0.0).to(ACC)
         b_hp = tl.where(m_edge[:, None], b_hinit[None, :], b_hp)
         p_ga = grad_a + base + o_t[:, None] * N + o_n[None, :]
         tl.store(p_ga, (b_hs * b_hp).to(grad_a.dtype.element_ty), mask=m_s[:, None] & m_n[None, :])
@@ -245,7 +249,7 @@ def _block_tile(
     a, b, h, h_fwd, grad_a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_hi0, b_hi1,
     s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr, TRANSPOSE: tl.constexpr,
-    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr,
+    STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """2×2-block version of :func:`_diag_tile`; the adjoint's grad_a_t = λ_t h_prevᵀ."""
     o_i = tl.arange(0, BT)
@@ -258,18 +262,18 @@ def _block_tile(
     m_s = (o_s < T)[:, None]
     m_a = m_s & ((o_ta >= 0) & (o_ta < T))[:, None] & m_n[None, :]
     o_a = (base + o_ta[:, None] * N + o_n[None, :]) * 4
-    b_a00 = tl.where(m_s, tl.load(a + o_a + 0, mask=m_a, other=0.0).to(tl.float32), 1.0)
-    b_a11 = tl.where(m_s, tl.load(a + o_a + 3, mask=m_a, other=0.0).to(tl.float32), 1.0)
+    b_a00 = tl.where(m_s, tl.load(a + o_a + 0, mask=m_a, other=0.0).to(ACC), 1.0)
+    b_a11 = tl.where(m_s, tl.load(a + o_a + 3, mask=m_a, other=0.0).to(ACC), 1.0)
     if TRANSPOSE:
-        b_a01 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(tl.float32)
-        b_a10 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(tl.float32)
+        b_a01 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(ACC)
+        b_a10 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(ACC)
     else:
-        b_a01 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(tl.float32)
-        b_a10 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(tl.float32)
+        b_a01 = tl.load(a + o_a + 1, mask=m_a, other=0.0).to(ACC)
+        b_a10 = tl.load(a + o_a + 2, mask=m_a, other=0.0).to(ACC)
     o_b = (base + o_t[:, None] * N + o_n[None, :]) * 2
     m_b = m_s & m_n[None, :]
-    b_b0 = tl.load(b + o_b + 0, mask=m_b, other=0.0).to(tl.float32)
-    b_b1 = tl.load(b + o_b + 1, mask=m_b, other=0.0).to(tl.float32)
+    b_b0 = tl.load(b + o_b + 0, mask=m_b, other=0.0).to(ACC)
+    b_b1 = tl.load(b + o_b + 1, mask=m_b, other=0.0).to(ACC)
     b_a00, b_a01, b_a10, b_a11, b_b0, b_b1 = block_tile_scan(
         b_a00, b_a01, b_a10, b_a11, b_b0, b_b1, BT, USE_ASSOC
     )
@@ -283,8 +287,8 @@ def _block_tile(
         o_tp, m_in, m_edge = _prev_time(o_t, o_s < T, T, A_SHIFT)
         o_hp = (base + o_tp[:, None] * N + o_n[None, :]) * 2
         m_hp = m_in[:, None] & m_n[None, :]
-        b_hp0 = tl.load(h_fwd + o_hp + 0, mask=m_hp, other=0.0).to(tl.float32)
-        b_hp1 = tl.load(h_fwd + o_hp + 1, mask=m_hp, other=0.0).to(tl.float32)
+        b_hp0 = tl.load(h_fwd + o_hp + 0, mask=m_hp, other=0.0).to(ACC)
+        b_hp1 = tl.load(h_fwd + o_hp + 1, mask=m_hp, other=0.0).to(ACC)
         b_hp0 = tl.where(m_edge[:, None], b_hi0[None, :], b_hp0)
         b_hp1 = tl.where(m_edge[:, None], b_hi1[None, :], b_hp1)
         o_ga = (base + o_t[:, None] * N + o_n[None, :]) * 4
@@ -303,7 +307,7 @@ def _block_tile(
 
 # ---------------------------------------------------------------------------------------------
 # Diagonal kernels.  Grid (G groups, N blocks, B) for reduce and scan, (N blocks, B) for carry.
-# chunk_a, chunk_b, carry are fp32 [B, G, N].
+# chunk_a, chunk_b, carry are [B, G, N] in the accumulation dtype ACC.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -311,20 +315,20 @@ def _block_tile(
 def _diag_chunk_reduce_kernel(
     a, b, chunk_a, chunk_b, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    USE_ASSOC: tl.constexpr,
+    USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
-    b_h = tl.zeros([BN], dtype=tl.float32)
-    b_prod = tl.full([BN], 1.0, dtype=tl.float32)
+    b_h = tl.zeros([BN], dtype=ACC)
+    b_prod = tl.full([BN], 1.0, dtype=ACC)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
             a, b, a, a, a, b_h, b_prod, b_h, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, False, False, USE_ASSOC,
+            BT, REVERSE, A_SHIFT, False, False, USE_ASSOC, ACC,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     tl.store(chunk_a + o_c, b_prod, mask=m_n)
@@ -333,12 +337,12 @@ def _diag_chunk_reduce_kernel(
 
 @triton.jit
 def _diag_chunk_carry_kernel(
-    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr
+    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr
 ):
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
-    b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
+    b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0, ACC)
     for i_g in range(G):
         o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
         tl.store(carry + o_c, b_h, mask=m_n)
@@ -352,7 +356,7 @@ def _diag_chunk_scan_kernel(
     a, b, h0, carry, h, h_fwd, h_init, grad_a, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr, GRAD_A: tl.constexpr,
-    HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr,
+    HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -360,21 +364,21 @@ def _diag_chunk_scan_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     if HAS_CARRY:
-        b_h = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, True)
+        b_h = load_row(carry, i_b * G + i_g, o_n, m_n, N, BN, True, ACC)
     else:
-        b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0)
-    b_prod = tl.full([BN], 1.0, dtype=tl.float32)
-    b_hinit = load_row(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT)
+        b_h = load_row(h0, i_b, o_n, m_n, N, BN, HAS_H0, ACC)
+    b_prod = tl.full([BN], 1.0, dtype=ACC)
+    b_hinit = load_row(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT, ACC)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
             a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, True, GRAD_A, USE_ASSOC,
+            BT, REVERSE, A_SHIFT, True, GRAD_A, USE_ASSOC, ACC,
         )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
-# 2×2-block kernels.  chunk_a is fp32 [B, G, N, 2, 2]; chunk_b and carry are fp32 [B, G, N, 2].
+# 2×2-block kernels.  chunk_a is [B, G, N, 2, 2]; chunk_b and carry are [B, G, N, 2]; all ACC.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -382,24 +386,25 @@ def _diag_chunk_scan_kernel(
 def _block_chunk_reduce_kernel(
     a, b, chunk_a, chunk_b, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    TRANSPOSE: tl.constexpr, USE_ASSOC: tl.constexpr,
+    TRANSPOSE: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
-    b_h0 = tl.zeros([BN], dtype=tl.float32)
-    b_h1 = tl.zeros([BN], dtype=tl.float32)
-    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
-    b_p01 = tl.zeros([BN], dtype=tl.float32)
-    b_p10 = tl.zeros([BN], dtype=tl.float32)
-    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
+    b_h0 = tl.zeros([BN], dtype=ACC)
+    b_h1 = tl.zeros([BN], dtype=ACC)
+    b_p00 = tl.full([BN], 1.0, dtype=ACC)
+    b_p01 = tl.zeros([BN], dtype=ACC)
+    b_p10 = tl.zeros([BN], dtype=ACC)
+    b_p11 = tl.full([BN], 1.0, dtype=ACC)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
             a, b, a, a, a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1,
             s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, False, False, USE_ASSOC,
+            ACC,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1)
@@ -407,12 +412,12 @@ def _block_chunk_reduce_kernel(
 
 @triton.jit
 def _block_chunk_carry_kernel(
-    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr
+    chunk_a, chunk_b, h0, carry, N, G, BN: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr
 ):
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
-    b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0)
+    b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0, ACC)
     for i_g in range(G):
         o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
         tl.store(carry + o_c * 2 + 0, b_h0, mask=m_n)
@@ -432,6 +437,7 @@ def _block_chunk_scan_kernel(
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     TRANSPOSE: tl.constexpr, HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr,
     GRAD_A: tl.constexpr, HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr,
+    ACC: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -439,19 +445,20 @@ def _block_chunk_scan_kernel(
     m_n = o_n < N
     base = i_b.to(tl.int64) * T * N
     if HAS_CARRY:
-        b_h0, b_h1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, True)
+        b_h0, b_h1 = load_row_pair(carry, i_b * G + i_g, o_n, m_n, N, BN, True, ACC)
     else:
-        b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0)
-    b_p00 = tl.full([BN], 1.0, dtype=tl.float32)
-    b_p01 = tl.zeros([BN], dtype=tl.float32)
-    b_p10 = tl.zeros([BN], dtype=tl.float32)
-    b_p11 = tl.full([BN], 1.0, dtype=tl.float32)
-    b_hi0, b_hi1 = load_row_pair(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT)
+        b_h0, b_h1 = load_row_pair(h0, i_b, o_n, m_n, N, BN, HAS_H0, ACC)
+    b_p00 = tl.full([BN], 1.0, dtype=ACC)
+    b_p01 = tl.zeros([BN], dtype=ACC)
+    b_p10 = tl.zeros([BN], dtype=ACC)
+    b_p11 = tl.full([BN], 1.0, dtype=ACC)
+    b_hi0, b_hi1 = load_row_pair(h_init, i_b, o_n, m_n, N, BN, HAS_HINIT, ACC)
     s_begin = i_g * ROWS
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
             a, b, h, h_fwd, grad_a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_hi0, b_hi1,
             s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, True, GRAD_A, USE_ASSOC,
+            ACC,
         )  # fmt: skip
 
 
@@ -544,31 +551,32 @@ def scan_triton_raw(
     cfg = scan_launch_config(B, T, N, block, b.device, chunk_size, use_associative_scan)
     G, BT, BN, rows = cfg["G"], cfg["BT"], cfg["BN"], cfg["ROWS"]
     use_assoc, num_warps = cfg["USE_ASSOC"], cfg["num_warps"]
+    acc = acc_dtype(torch.promote_types(a.dtype, b.dtype))
+    ACC = TL_DTYPES[acc]
     grid = (G, cfg["n_blocks"], B)
     h0_arg = h0 if h0 is not None else b
     carry = b  # placeholder pointer when there is a single group
     if G > 1:
         width = (2,) if block else ()
-        chunk_a = torch.empty(
-            (B, G, N) + ((2, 2) if block else ()), device=b.device, dtype=torch.float32
-        )
-        chunk_b = torch.empty((B, G, N) + width, device=b.device, dtype=torch.float32)
-        carry = torch.empty((B, G, N) + width, device=b.device, dtype=torch.float32)
+        chunk_a = torch.empty((B, G, N) + ((2, 2) if block else ()), device=b.device, dtype=acc)
+        chunk_b = torch.empty((B, G, N) + width, device=b.device, dtype=acc)
+        carry = torch.empty((B, G, N) + width, device=b.device, dtype=acc)
         if block:
             _block_chunk_reduce_kernel[grid](
                 a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-                A_SHIFT=a_shift, TRANSPOSE=transpose, USE_ASSOC=use_assoc, num_warps=num_warps,
+                A_SHIFT=a_shift, TRANSPOSE=transpose, USE_ASSOC=use_assoc, ACC=ACC,
+                num_warps=num_warps,
             )  # fmt: skip
             _block_chunk_carry_kernel[(cfg["n_blocks"], B)](
-                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None
+                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None, ACC=ACC
             )
         else:
             _diag_chunk_reduce_kernel[grid](
                 a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-                A_SHIFT=a_shift, USE_ASSOC=use_assoc, num_warps=num_warps,
+                A_SHIFT=a_shift, USE_ASSOC=use_assoc, ACC=ACC, num_warps=num_warps,
             )  # fmt: skip
             _diag_chunk_carry_kernel[(cfg["n_blocks"], B)](
-                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None
+                chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None, ACC=ACC
             )
     if grad_a is not None and h_fwd is None:
         raise ValueError("grad_a needs the forward states h_fwd")
@@ -579,7 +587,7 @@ def scan_triton_raw(
     )
     flags = dict(
         HAS_H0=h0 is not None, HAS_CARRY=G > 1, GRAD_A=grad_a is not None,
-        HAS_HINIT=h_init is not None, USE_ASSOC=use_assoc, num_warps=num_warps,
+        HAS_HINIT=h_init is not None, USE_ASSOC=use_assoc, ACC=ACC, num_warps=num_warps,
     )  # fmt: skip
     if block:
         _block_chunk_scan_kernel[grid](
@@ -592,11 +600,6 @@ def scan_triton_raw(
             A_SHIFT=a_shift, **flags,
         )  # fmt: skip
     return out
-
-
-def _matvec_t(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """aᵀ v for [..., 2, 2] blocks and [..., 2] vectors."""
-    return (a.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
 
 
 class LinearScanFn(torch.autograd.Function):
@@ -616,12 +619,14 @@ class LinearScanFn(torch.autograd.Function):
         return h
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):
         a, h0, h = ctx.saved_tensors
         reverse = ctx.reverse
         block = a.dim() == 5
         grad_h = grad_h.contiguous()
-        lam = torch.empty(grad_h.shape, device=grad_h.device, dtype=torch.float32)
+        acc = acc_dtype(torch.promote_types(a.dtype, grad_h.dtype))
+        lam = torch.empty(grad_h.shape, device=grad_h.device, dtype=acc)
         # One adjoint pass writes λ (= grad_b) and, from the saved states, grad_a.
         grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
         scan_triton_raw(
@@ -630,9 +635,14 @@ class LinearScanFn(torch.autograd.Function):
         )  # fmt: skip
         grad_h0 = None
         if h0 is not None and ctx.needs_input_grad[2]:
-            edge = -1 if reverse else 0
-            a_edge, lam_edge = a[:, edge].float(), lam[:, edge]
-            grad_h0 = _matvec_t(a_edge, lam_edge) if block else a_edge * lam_edge
+            if a.shape[1] == 0:  # no step reads h0
+                grad_h0 = torch.zeros_like(h0)
+            else:
+                edge = -1 if reverse else 0
+                a_edge, lam_edge = a[:, edge].to(acc), lam[:, edge]
+                grad_h0 = (
+                    block_matvec(a_edge.transpose(-1, -2), lam_edge) if block else a_edge * lam_edge
+                )
             grad_h0 = grad_h0.to(ctx.h0_dtype)
         return grad_a, lam.to(grad_h.dtype), grad_h0, None, None, None
 
@@ -648,7 +658,8 @@ def linear_scan_triton(
     """Chunked Triton scan of h_t = a_t h_{t-1} + b_t (h_t = a_t h_{t+1} + b_t if ``reverse``).
 
     Args:
-        a: ``[B, T, N]`` (diagonal) or ``[B, T, N, 2, 2]`` (2×2 block); fp32, bf16 or fp16.
+        a: ``[B, T, N]`` (diagonal) or ``[B, T, N, 2, 2]`` (2×2 block); fp64, fp32, bf16
+            or fp16.
         b: ``[B, T, N]`` or ``[B, T, N, 2]``, same dtype as ``a``.
         h0: ``[B, N]`` or ``[B, N, 2]`` initial state (the state after the end if
             ``reverse``); zeros when None.
@@ -657,7 +668,8 @@ def linear_scan_triton(
         use_associative_scan: in-tile algorithm; None means on GPU only.
 
     Returns:
-        h, shape and dtype of ``b``, accumulated in fp32.  Differentiable in a, b and h0.
+        h, shape and dtype of ``b``, accumulated in fp32 (in fp64 for fp64 input).
+        Differentiable in a, b and h0 (once: double backward raises).
     """
     check_scan_args(a, b, h0)
     return LinearScanFn.apply(a, b, h0, reverse, chunk_size, use_associative_scan)

@@ -10,6 +10,20 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def block_matvec(a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """a @ h for [..., 2, 2] blocks and [..., 2] vectors.
+
+    Elementwise on purpose: autocast runs ``@``/``matmul`` in bf16 even on fp32 inputs,
+    which would silently demote the scan (and the adjoint run inside autocast's backward).
+    """
+    return (a * h.unsqueeze(-2)).sum(-1)
+
+
+def block_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y for [..., 2, 2] blocks; elementwise for the reason given in :func:`block_matvec`."""
+    return (x.unsqueeze(-1) * y.unsqueeze(-3)).sum(-2)
+
+
 def check_scan_args(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> bool:
     """Validate shapes; return True for the 2×2-block case, False for the diagonal one."""
     if b.dim() == 3 and a.shape == b.shape:

@@ -14,6 +14,7 @@ import sys
 os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler.compiler import ASTSource  # noqa: E402
 
@@ -46,9 +47,10 @@ def compile_variant(kernel, consts: dict, dtypes: dict | None = None) -> str | N
 
 
 def variants():
-    diag = dict(BT=64, BN=64, USE_ASSOC=True)
-    block = dict(BT=32, BN=32, USE_ASSOC=True)
+    diag = dict(BT=64, BN=64, USE_ASSOC=True, ACC=tl.float32)
+    block = dict(BT=32, BN=32, USE_ASSOC=True, ACC=tl.float32)
     newton = dict(BT=32, BN=32, USE_ASSOC=True)
+    fp64 = dict(ACC=tl.float64)
     yield scan._diag_chunk_reduce_kernel, {**diag, "REVERSE": True, "A_SHIFT": -1}, None
     yield (
         scan._diag_chunk_scan_kernel,
@@ -76,7 +78,22 @@ def variants():
         },
         {"a": "bf16", "b": "bf16", "h_fwd": "bf16", "h_init": "bf16", "grad_a": "bf16"},
     )
-    yield scan._diag_chunk_carry_kernel, {"BN": 64, "HAS_H0": True}, None
+    # fp64 input accumulates in fp64 (ACC), forward and adjoint.
+    yield (
+        scan._diag_chunk_scan_kernel,
+        {
+            **diag,
+            **fp64,
+            "REVERSE": True,
+            "A_SHIFT": 1,
+            "HAS_H0": True,
+            "HAS_CARRY": True,
+            "GRAD_A": True,
+            "HAS_HINIT": True,
+        },
+        dict.fromkeys(("a", "b", "h0", "carry", "h", "h_fwd", "h_init", "grad_a"), "fp64"),
+    )
+    yield scan._diag_chunk_carry_kernel, {"BN": 64, "HAS_H0": True, "ACC": tl.float32}, None
     yield (
         scan._block_chunk_reduce_kernel,
         {**block, "REVERSE": False, "A_SHIFT": 0, "TRANSPOSE": False},
@@ -96,7 +113,17 @@ def variants():
         },
         None,
     )
-    yield scan._block_chunk_carry_kernel, {"BN": 32, "HAS_H0": True}, None
+    yield (
+        scan._block_chunk_reduce_kernel,
+        {**block, **fp64, "REVERSE": True, "A_SHIFT": -1, "TRANSPOSE": True},
+        dict.fromkeys(("a", "b", "chunk_a", "chunk_b"), "fp64"),
+    )
+    yield (
+        scan._block_chunk_carry_kernel,
+        {"BN": 32, "HAS_H0": True, **fp64},
+        dict.fromkeys(("chunk_a", "chunk_b", "h0", "carry"), "fp64"),
+    )
+    yield scan._block_chunk_carry_kernel, {"BN": 32, "HAS_H0": True, "ACC": tl.float32}, None
     yield gru._gru_newton_solve_kernel, {**newton, "HAS_H0": True}, {"p": "bf16"}
     yield gru._gru_newton_solve_kernel, {**newton, "HAS_H0": False}, None
     yield lstm._lstm_newton_solve_kernel, {**newton, "HAS_S0": True}, None

@@ -182,6 +182,9 @@ FUSED_CASES = {
     "B2-T63-N33-bf16-h0": _fused_case((2, 63, 33), torch.bfloat16, True),
     "B1-T130-N5-fp32-h0-chunk64": _fused_case((1, 130, 5), torch.float32, True, chunk_size=64),
     "B1-T19-N3-fp32-h0-assoc-chunk8": _fused_case((1, 19, 3), torch.float32, True, 8, True),
+    # Two unit blocks (the interpreter's BN is 64), and fp16, a promised input dtype.
+    "B1-T5-N70-fp32-h0": _fused_case((1, 5, 70), torch.float32, True),
+    "B2-T20-N33-fp16-h0": _fused_case((2, 20, 33), torch.float16, True),
 }
 # Converged against the loop: fewer cases, since each runs the kernels twice as long.
 SEQUENTIAL_CASES = {
@@ -272,6 +275,54 @@ def test_fused_lstm_gradient_through_h_only(device):
     want = torch.autograd.grad(h_ref, list(leaves.values()), g)
     for name, got, ref in zip(leaves, grads, want):
         assert_close(f"grad_{name}", got, ref, torch.float32, 30)
+
+
+@pytest.mark.parametrize("impl", ["sequential", "reference", "fused"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_empty_sequence(cell, impl, device):
+    """T = 0: empty outputs, and zero (not uninitialised) gradients for every input."""
+    inputs = make_cell_inputs(cell, 2, 0, 70, torch.float32, True, device)
+    outs = run(cell, impl, inputs)
+    assert [o.shape for o in outs] == [(2, 0, 70)] * len(outs)
+    leaves = leaves_of(inputs)
+    if not any(o.requires_grad for o in outs):  # the loop's empty output is a constant
+        return
+    grads = torch.autograd.grad(
+        outs, list(leaves.values()), [torch.ones_like(o) for o in outs],
+        allow_unused=True, materialize_grads=True,
+    )  # fmt: skip
+    for (name, leaf), grad in zip(leaves.items(), grads):
+        assert torch.equal(grad, torch.zeros_like(leaf)), f"grad_{name} is not zero"
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_empty_sequence_residuals(cell, impl, device):
+    """An empty sequence has a zero residual at every one of the ``newton_iters`` iterates."""
+    import paralab.kernels.newton as newton
+
+    x = make_cell_inputs(cell, 2, 0, 5, torch.float32, False, device)
+    args = (x["p"], x["A"]) if cell == "gru" else (x["p"], x["A"], x["C"])
+    _, res = getattr(newton, f"newton_{cell}_{impl}")(*args, newton_iters=3, return_residuals=True)
+    assert torch.equal(res.cpu(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_is_differentiable_once(cell, device):
+    """The backward is a kernel: double backward must raise, not give a wrong answer."""
+    inputs = make_cell_inputs(cell, 1, 6, 4, torch.float32, True, device)
+    (h, *_), p = run(cell, "fused", inputs), inputs["p"]
+    (grad_p,) = torch.autograd.grad(h.square().sum(), p, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_p.sum().backward()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_rejects_fp64(cell):
+    """The kernels compute in fp32: fp64 input is refused, not silently demoted."""
+    inputs = make_cell_inputs(cell, 1, 4, 4, torch.float64, True)
+    with pytest.raises(ValueError, match="fp64"):
+        run(cell, "fused", inputs)
 
 
 def test_fused_rejects_bad_shapes():

@@ -96,7 +96,9 @@ def test_rejects_bad_shapes():
 
 # The Triton grid: every option at two shapes in fp32, bf16 at the odd shape, multi-group
 # carries (chunk_size) at T=130, and the GPU's associative-scan tile path at a tiny shape
-# (the interpreter runs its custom combine at ~45 µs per element).
+# (the interpreter runs its custom combine at ~45 µs per element).  fp64 runs the odd shape
+# and two groups (T=70): the kernels, carries included, must accumulate in fp64, not fp32.  N=70 spans
+# two unit blocks of the interpreter's BN=64; fp16 is a promised input dtype.
 def _triton_case(shape, kind, dtype, direction, h0, chunk_size=None, assoc=None):
     return (shape, kind == "block2x2", dtype, direction == "rev", h0 == "h0", chunk_size, assoc)
 
@@ -119,6 +121,18 @@ for kind in KINDS:
         TRITON_CASES[f"B1-T19-N3-{kind}-{d}-h0-assoc-chunk8"] = _triton_case(
             (1, 19, 3), kind, torch.float32, d, "h0", chunk_size=8, assoc=True
         )
+        TRITON_CASES[f"B2-T63-N33-{kind}-{d}-h0-fp64"] = _triton_case(
+            SHAPES["B2-T63-N33"], kind, torch.float64, d, "h0"
+        )
+        TRITON_CASES[f"B1-T70-N5-{kind}-{d}-h0-chunk64-fp64"] = _triton_case(
+            (1, 70, 5), kind, torch.float64, d, "h0", chunk_size=64
+        )
+    TRITON_CASES[f"B1-T5-N70-{kind}-fwd-h0-fp32"] = _triton_case(
+        (1, 5, 70), kind, torch.float32, "fwd", "h0"
+    )
+    TRITON_CASES[f"B2-T63-N33-{kind}-fwd-h0-fp16"] = _triton_case(
+        SHAPES["B2-T63-N33"], kind, torch.float16, "fwd", "h0"
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,6 +162,51 @@ def test_triton_scan_matches_sequential(
     for name, g, rg in zip(("grad_a", "grad_b", "grad_h0"), grads, ref_grads):
         assert g.dtype == dtype
         assert_close(name, g, rg, dtype, shape[1])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("block", [False, True], ids=["diag", "block2x2"])
+@pytest.mark.parametrize("backend", ["sequential", "torch", "triton"])
+def test_empty_sequence(backend, block, reverse, device):
+    """T = 0: an empty h, and zero (not uninitialised) gradients, h0's included."""
+    a, b, h0 = make_inputs((2, 0, 3), block, torch.float32, True, device)
+    out = linear_scan(a, b, h0, reverse=reverse, backend=backend)
+    assert out.shape == b.shape and out.dtype == b.dtype
+    grads = torch.autograd.grad(out, (a, b, h0), torch.ones_like(out), materialize_grads=True)
+    for x, g in zip((a, b, h0), grads):
+        assert g.shape == x.shape and torch.equal(g, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("backend", ["sequential", "torch", "triton"])
+def test_2x2_scan_ignores_bf16_autocast(backend, device):
+    """Autocast runs matmuls in bf16, also on fp32 inputs; the 2×2 products must not be
+    matmuls, or an fp32 scan (and its adjoint, run inside the training loop's autocast)
+    silently loses 16 bits."""
+    a, b, h0 = make_inputs((2, 37, 5), True, torch.float32, True, device)
+    g = torch.randn(b.shape, generator=torch.Generator().manual_seed(1)).to(b)
+
+    def run():
+        out = linear_scan(a, b, h0, backend=backend)
+        return (out, *torch.autograd.grad(out, (a, b, h0), g))
+
+    want = run()
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        got = run()
+    for name, x, y in zip(("h", "grad_a", "grad_b", "grad_h0"), got, want):
+        assert x.dtype == torch.float32
+        assert_close(name, x, y, torch.float32)
+
+
+def test_triton_scan_is_differentiable_once(device):
+    """The backward is a kernel, not a graph: double backward must raise, not return a
+    silently wrong (or missing) second derivative."""
+    from paralab.kernels.scan.triton import linear_scan_triton
+
+    a, b, h0 = make_inputs((1, 9, 4), False, torch.float32, True, device)
+    out = linear_scan_triton(a, b, h0)
+    (grad_a,) = torch.autograd.grad(out.square().sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_a.sum().backward()
 
 
 def test_triton_backend_through_linear_scan(device):

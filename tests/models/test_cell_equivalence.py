@@ -39,6 +39,35 @@ def _run(cell, x, h0, mode, weights):
     return y.detach(), final.detach(), grads
 
 
+def test_paralstm_parallel_ignores_bf16_autocast():
+    """The training loop runs forward and backward inside bf16 autocast.  The recurrence gets
+    fp32 p (the cell casts the projection up) and must stay fp32 throughout: autocast once
+    demoted the 2×2 scan products, in the Newton solve and in the adjoint, to bf16 (grad of
+    A off by 3e-4 at T=512).  p is fed directly, so the bf16 projection is out of the
+    comparison."""
+    torch.manual_seed(11)
+    seq_len = 512
+    cell = make_cell(
+        "paralstm", 8, 16, 2, torch.float32, newton_iters=CONVERGED_ITERS[torch.float32]
+    )
+    p = torch.randn(2, seq_len, 3, 16, requires_grad=True)
+    h0 = random_state(cell, 2, torch.float32).requires_grad_()
+    weights = torch.randn(2, seq_len, 16, 2)
+
+    def run(mode):
+        states = cell.apply_recurrence(p, h0, mode)
+        grads = torch.autograd.grad((states * weights).sum(), [p, h0, cell.A, cell.C])
+        return states.detach(), grads
+
+    want_states, want_grads = run("sequential")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_states, got_grads = run("parallel")
+    assert got_states.dtype == torch.float32 and not cell.last_newton_stats.fell_back
+    assert_close(got_states, want_states, tolerance(torch.float32, seq_len), "states")
+    for name, got, want in zip(("p", "h0", "A", "C"), got_grads, want_grads):
+        assert_close(got, want, tolerance(torch.float32, seq_len, "grad"), f"grad of {name}")
+
+
 @pytest.mark.parametrize("cell_name, dtype_name, batch, seq_len, hidden, heads", list(_grid()))
 def test_parallel_matches_sequential(cell_name, dtype_name, batch, seq_len, hidden, heads):
     torch.manual_seed(seq_len * 1000 + hidden * 10 + heads + batch)

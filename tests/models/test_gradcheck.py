@@ -31,3 +31,16 @@ def test_gradcheck_parallel(cell_name, heads):
         return y, final
 
     assert torch.autograd.gradcheck(run, (x, h0, *params), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+@pytest.mark.parametrize("cell_name", ["paragru", "paralstm"])
+def test_double_backward_raises(cell_name):
+    """The adjoint backward is not itself differentiated: a second derivative must fail
+    loudly instead of coming back silently wrong."""
+    torch.manual_seed(0)
+    cell = make_cell(cell_name, 4, 4, 1, torch.float64)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    y, _ = cell(x, mode="parallel")
+    (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()

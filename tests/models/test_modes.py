@@ -64,8 +64,9 @@ def test_auto_on_cpu_gives_the_sequential_answer_and_leaves_grads_alone(fresh_ch
 
 
 def test_triton_mode_matches_sequential():
-    """Fused kernels (ParaGRU, ParaLSTM) and Triton scans (leaky_tanh); on CPU through the
-    Triton interpreter in a fresh process (see triton_mode_check.py)."""
+    """Fused kernels (ParaGRU, ParaLSTM) and Triton scans (leaky_tanh) in fp32, and Triton
+    scans in fp64 (ParaGRU, ParaLSTM); on CPU through the Triton interpreter in a fresh
+    process (see triton_mode_check.py)."""
     script = Path(__file__).with_name("triton_mode_check.py")
     env = {**os.environ, "TRITON_INTERPRET": "1"} if not torch.cuda.is_available() else None
     done = subprocess.run(
@@ -73,4 +74,4 @@ def test_triton_mode_matches_sequential():
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("triton == sequential") == 3
+    assert done.stdout.count("triton == sequential") == 5

@@ -1,5 +1,6 @@
 """Newton's behaviour: exactness after T iterations, fast convergence at |A| <= 0.5, early
-exit, visible residuals, and the sequential fallback on divergence."""
+exit, visible residuals, the sequential fallback on divergence and on unconverged solves,
+and empty sequences in every mode."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 from models_testing import assert_close, make_cell, random_state
 
+from paralab.models.config import ModelConfig
 from paralab.models.newton import NewtonSettings
+from paralab.models.registry import get_cell
 
 NONLINEAR_CELLS = ("paragru", "paralstm", "leaky_tanh")
 
@@ -105,6 +108,63 @@ def test_divergence_falls_back_to_sequential_and_is_counted(cell_name):
     assert_close(got, want, 1e-14, "fallback output")
     for g, w in zip(got_grad, want_grad):
         assert_close(g, w, 1e-9, "gradient after fallback")
+
+
+def test_default_fallback_tol_is_shared_and_accepts_converged_fp32_solves():
+    """The default threshold sits well above a converged fp32 solve's residual (~2e-7 at the
+    init), so default training runs never fall back."""
+    assert ModelConfig().newton_fallback_tol == NewtonSettings().fallback_tol == 1e-4
+    torch.manual_seed(5)
+    for name in ("paragru", "paralstm"):
+        cell = get_cell(name).from_config(ModelConfig(d_model=32, heads=2), d_in=32)
+        with torch.no_grad():
+            cell(torch.randn(2, 512, 32), mode="parallel")
+        stats = cell.last_newton_stats
+        assert not stats.fell_back and stats.iterations == 3
+        assert stats.residuals[-1] < 1e-6, f"{name}: residuals {stats.residuals.tolist()}"
+
+
+@pytest.mark.parametrize("newton_iters", [1, 2])
+@pytest.mark.parametrize("cell_name", ["paragru", "paralstm"])
+def test_unconverged_solve_falls_back_at_the_default_tolerance(cell_name, newton_iters):
+    """One or two iterations at |A| up to the bound leave a residual (and an output error) of
+    1e-3 or more: the default check must redo the call, not return it.  (The old default,
+    1e-2, let two iterations through with an error of ~2e-3.)"""
+    torch.manual_seed(6)
+    cell = make_cell(cell_name, 32, 32, 2, torch.float32, newton_iters=newton_iters)
+    _uniform_recurrent_weights(cell, 0.5)
+    x = torch.randn(2, 512, 32)
+    with torch.no_grad():
+        want, _ = cell(x, mode="sequential")
+        got, _ = cell(x, mode="parallel")
+    stats = cell.last_newton_stats
+    assert stats.fell_back and cell.newton_fallbacks == 1, stats.residuals.tolist()
+    assert stats.residuals[-1] > 1e-4
+    assert_close(got, want, 1e-6, "output after the fallback")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "triton"])
+@pytest.mark.parametrize("cell_name", ["paragru", "paralstm", "linear", "leaky_tanh"])
+def test_empty_sequence_in_every_mode(cell_name, mode):
+    """T = 0 gives y [B, 0, N], the initial state as the final one, and zero gradients for
+    everything but h0 (no Triton kernel is launched, so ``triton`` runs here on CPU too)."""
+    torch.manual_seed(7)
+    cell = make_cell(cell_name, 4, 6, 2, torch.float32)
+    x = torch.randn(3, 0, 4, requires_grad=True)
+    h0 = random_state(cell, 3, torch.float32).requires_grad_()
+    y, final = cell(x, h0, mode=mode)
+    assert y.shape == (3, 0, 6)
+    assert torch.equal(final, h0)
+    weight = torch.randn(h0.shape)
+    grads = torch.autograd.grad(
+        (final * weight).sum() + y.sum(), [x, h0, *cell.parameters()], materialize_grads=True
+    )
+    assert torch.equal(grads[1], weight)
+    for (name, param), grad in zip(cell.named_parameters(), grads[2:]):
+        assert torch.equal(grad, torch.zeros_like(param)), f"grad of {name}"
+    if mode != "sequential":
+        stats = cell.last_newton_stats
+        assert not stats.fell_back and torch.all(stats.residuals == 0)
 
 
 def test_without_fallback_check_nothing_is_redone():

@@ -61,6 +61,21 @@ def test_newton_stats_keys_and_fallback_count():
     assert model.newton_stats()["newton/fallbacks"] >= 1
 
 
+def test_sequential_call_clears_newton_stats():
+    """A sequential forward runs no Newton: newton_stats() must not report the residuals of
+    an earlier parallel call as if they were this one's."""
+    torch.manual_seed(1)
+    model = _small()
+    tokens = torch.randint(0, 31, (2, 20))
+    model(tokens)
+    assert "newton/residual_0" in model.newton_stats()
+    for cell in model.cells():
+        cell.mode = "sequential"
+    model(tokens)
+    assert model.newton_stats() == {"newton/fallbacks": 0.0}
+    assert all(c.last_newton_stats is None for c in model.cells())
+
+
 def test_transformer_has_no_newton_stats_but_the_same_hooks():
     model = _small(arch="transformer")
     model.constrain_()
@@ -88,6 +103,17 @@ def test_lm_loss_with_and_without_z_loss():
     torch.testing.assert_close(z_term, want_z)
     loss_z, _ = lm_loss(logits, targets, z_loss=1e-2)
     torch.testing.assert_close(loss_z, want_ce + 1e-2 * want_z)
+
+
+def test_lm_loss_with_every_target_ignored_is_zero():
+    """A batch of padding only (e.g. the last, ragged one) gives 0 and zero gradients, not
+    the NaN of an empty mean, which would poison the accumulated gradient."""
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    targets = torch.full((2, 5), -100)
+    loss, z_term = lm_loss(logits, targets, z_loss=1e-4)
+    assert loss.item() == 0.0 and z_term.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_bf16_autocast_keeps_the_recurrence_in_fp32():

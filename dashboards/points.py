@@ -100,4 +100,5 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
             flops=training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens,
             tokens=tokens, metric=float(metric),
         ))  # fmt: skip
+    points.sort(key=lambda p: (p.group, p.params, p.tokens))  # by group, then scale
     return parent, points, skipped

@@ -165,17 +165,18 @@ def check_data(cfg: ExperimentConfig, data: Any) -> None:
     data.train_batches(cfg.data.seq_len, micro_batch, world_size=tc.workers)  # DataError if short
 
 
-def _watch(tracker: Tracker, total: int, on_progress: Callable[[int, dict[str, float]], None],
-           stop: threading.Event) -> None:
-    """Poll the MLflow run for the latest step, to drive the CLI's progress bar."""
+def _watch(tracker: Tracker, tokens_per_step: int,
+           on_progress: Callable[[int, dict[str, float]], None], stop: threading.Event) -> None:
+    """Poll the MLflow run's latest metrics to drive the CLI's progress bar. The step comes
+    from the latest ``tokens`` (step × tokens per step): one small request per poll, however
+    long the run's history grows."""
     while not stop.wait(2.0):
         try:
-            data = tracker.client.get_run(tracker.run_id).data
-            history = tracker.client.get_metric_history(tracker.run_id, "loss")
+            metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
         except Exception:  # noqa: BLE001 - a missed poll only delays the bar
             continue
-        if history:
-            on_progress(max(m.step for m in history), dict(data.metrics))
+        if "tokens" in metrics:
+            on_progress(round(metrics["tokens"] / tokens_per_step), metrics)
 
 
 @dataclass
@@ -338,7 +339,9 @@ def launch(
     stop = threading.Event()
     watcher = None
     if on_progress:
-        watcher = threading.Thread(target=_watch, args=(tracker, tc.steps, on_progress, stop), daemon=True)
+        tokens_per_step = tc.batch_size * cfg.data.seq_len
+        watcher = threading.Thread(target=_watch, args=(tracker, tokens_per_step, on_progress, stop),
+                                   daemon=True)  # fmt: skip
         watcher.start()
     on_event(f"training on {tc.workers} worker(s), strategy {tc.strategy}")
     try:

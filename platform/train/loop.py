@@ -203,11 +203,10 @@ class Trainer:
     def run(self) -> None:
         tc = self.cfg.train
         tokens_per_step = tc.batch_size * self.cfg.data.seq_len
-        window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+        window_start, window_steps = time.perf_counter(), 0
         while self.step < tc.steps:
             out = self.train_step()
             window_steps += 1
-            window_loss += float(out["loss"]) if self.step % tc.log_every == 0 else 0.0
             is_last = self.step == tc.steps
             metrics: dict[str, float] = {}
             if self.step % tc.log_every == 0 or is_last:

@@ -60,36 +60,29 @@ def run_dir_name(name: str, identity: str, generation: int) -> str:
     return f"{name}-{identity}" + (f".g{generation}" if generation else "")
 
 
-def existing_generations(fs, root: str, name: str, identity: str) -> list[int]:
+def _run_folders(fs, root: str, name: str) -> list[tuple[str, int, str]]:
+    """(identity, generation, folder name) of every run folder of experiment ``name``."""
     import pyarrow.fs as pafs
 
-    pattern = re.compile(rf"^{re.escape(name)}-{identity}(?:\.g(\d+))?$")
+    pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{12}})(?:\.g(\d+))?$")
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
         return []
-    gens = []
-    for info in infos:
-        match = pattern.match(info.base_name)
-        if match and info.type == pafs.FileType.Directory:
-            gens.append(int(match.group(1) or 0))
-    return sorted(gens)
+    return [
+        (match.group(1), int(match.group(2) or 0), info.base_name)
+        for info in infos
+        if info.type == pafs.FileType.Directory and (match := pattern.match(info.base_name))
+    ]
+
+
+def existing_generations(fs, root: str, name: str, identity: str) -> list[int]:
+    return sorted(gen for ident, gen, _ in _run_folders(fs, root, name) if ident == identity)
 
 
 def other_identities(fs, root: str, name: str, identity: str) -> list[str]:
     """Run folders of experiment ``name`` under another identity (other config or code)."""
-    import pyarrow.fs as pafs
-
-    pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{12}})(?:\.g\d+)?$")
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return []
-    return sorted(
-        info.base_name for info in infos
-        if info.type == pafs.FileType.Directory
-        and (match := pattern.match(info.base_name)) and match.group(1) != identity
-    )
+    return sorted(folder for ident, _, folder in _run_folders(fs, root, name) if ident != identity)
 
 
 def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:

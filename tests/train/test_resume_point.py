@@ -47,7 +47,7 @@ def test_snapshot_without_a_checkpoint_is_a_fresh_start(tmp_path):
 
 
 def test_a_fresh_start_names_the_other_runs_of_the_experiment(tmp_path):
-    from paralab.platform.train.launch import other_identities
+    from paralab.platform.train.launch import existing_generations, other_identities
 
     for folder in ("quick-aaaaaaaaaaaa", "quick-bbbbbbbbbbbb.g1", "quick-cccccccccccc",
                    "quicker-dddddddddddd", "sweeps"):  # fmt: skip
@@ -56,6 +56,9 @@ def test_a_fresh_start_names_the_other_runs_of_the_experiment(tmp_path):
     assert other_identities(fs, str(tmp_path), "quick", "cccccccccccc") == [
         "quick-aaaaaaaaaaaa", "quick-bbbbbbbbbbbb.g1"]
     assert other_identities(fs, str(tmp_path / "missing"), "quick", "cccccccccccc") == []
+    (tmp_path / "quick-cccccccccccc.g2").mkdir()
+    assert existing_generations(fs, str(tmp_path), "quick", "cccccccccccc") == [0, 2]
+    assert existing_generations(fs, str(tmp_path), "quick", "bbbbbbbbbbbb") == [1]
 
 
 def test_the_data_key_is_recorded_beside_the_checkpoints(tmp_path):

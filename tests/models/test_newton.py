@@ -128,8 +128,7 @@ def test_default_fallback_tol_is_shared_and_accepts_converged_fp32_solves():
 @pytest.mark.parametrize("cell_name", ["paragru", "paralstm"])
 def test_unconverged_solve_falls_back_at_the_default_tolerance(cell_name, newton_iters):
     """One or two iterations at |A| up to the bound leave a residual (and an output error) of
-    1e-3 or more: the default check must redo the call, not return it.  (The old default,
-    1e-2, let two iterations through with an error of ~2e-3.)"""
+    1e-3 or more: the default check must redo the call, not return it."""
     torch.manual_seed(6)
     cell = make_cell(cell_name, 32, 32, 2, torch.float32, newton_iters=newton_iters)
     _uniform_recurrent_weights(cell, 0.5)

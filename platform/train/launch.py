@@ -21,6 +21,7 @@ from typing import Any
 from paralab.platform.config.load import to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
+from paralab.platform.storage.lease import LeaseHeld, RunLease
 from paralab.platform.tracking.mlflow import Tracker, flatten
 from paralab.platform.train import checkpoint as ckpt
 
@@ -286,8 +287,6 @@ def launch(
     on_data: Callable[[Any], None] | None = None,
 ) -> RunSummary:
     """Run ``cfg`` to completion (or resume it) and return where everything went."""
-    import ray.train
-
     from paralab.platform.data import prepare
 
     plan = plan_run(cfg, restart=restart, create_bucket=create_bucket)
@@ -309,9 +308,24 @@ def launch(
             tracker.finish()
         return summary
 
-    data_key = data.key
-    init_ray()
-    check_resources(cfg)
+    with hold(plan):
+        init_ray()
+        check_resources(cfg)
+        return _train(cfg, plan, data.key, restart, on_event, on_progress)
+
+
+def hold(plan: RunPlan, *, wait: bool = False) -> RunLease:
+    """The run folder's lease, taken: no second process trains this run while it is held."""
+    try:
+        return RunLease(plan.fs, plan.run_path).acquire(wait=wait)
+    except LeaseHeld as err:
+        raise LaunchError(str(err)) from None
+
+
+def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
+           on_event: Callable[[str], None],
+           on_progress: Callable[[int, dict[str, float]], None] | None) -> RunSummary:
+    import ray.train
 
     tracker, _ = open_tracker(cfg, plan)
     summary = _summary(cfg, plan, tracker)

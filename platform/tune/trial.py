@@ -121,9 +121,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     values = {key: plain(value) for key, value in config.items()}
     cfg = trial_config(context, values)
     trial_id = tune.get_context().get_trial_id()
-    identity = launch.plan_run(cfg).identity
-    with _claim(context.claims, identity, trial_id):
-        plan = launch.plan_run(cfg)  # again: a trial with the same config may have finished it
+    first = launch.plan_run(cfg)
+    # Within the sweep, a trial with an equal config; outside it, a `paralab run` of one.
+    with _claim(context.claims, first.identity, trial_id), launch.hold(first, wait=True):
+        plan = launch.plan_run(cfg)  # again: whoever trained it before us may have finished it
         data_key = context.data_key
         if context.data_swept:
             from paralab.platform.data import prepare

@@ -106,3 +106,30 @@ def test_changed_corpus_is_not_resumed_under_the_same_config(paralab_cli, tmp_pa
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     (after,) = runs_of(mlflow_at(home), "bad")
     assert after.info.status == "FINISHED"  # the recorded run is untouched
+
+
+def test_a_run_another_process_trains_is_refused(paralab_cli, tmp_path):
+    """Two `paralab run`s of one experiment would interleave checkpoints in one folder: the
+    second finds the first's live lease and stops, naming it, before anything is recorded."""
+    import json
+    import os
+    import time
+
+    from paralab.platform.config.load import load_experiment
+    from paralab.platform.identity import run_identity
+    from paralab.platform.storage.lease import LEASE_FILE
+
+    home = tmp_path / "h"
+    cfg = load_experiment(QUICKSTART, TINY)
+    run_dir = home / ".paralab" / "storage" / f"bad-{run_identity(cfg)}"
+    run_dir.mkdir(parents=True)
+    holder = {"owner": "first", "host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}
+    (run_dir / LEASE_FILE).write_text(json.dumps(holder))
+
+    proc = paralab_cli("run", str(QUICKSTART), *TINY, home=home)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in err and str(run_dir) in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert runs_of(mlflow_at(home), "bad") == []
+    assert json.loads((run_dir / LEASE_FILE).read_text())["owner"] == "first"  # left as it was

@@ -1,0 +1,118 @@
+"""The run-folder lease: one trainer per run, a stale lease taken over, a close race lost by
+one side only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from paralab.platform.storage.lease import LEASE_FILE, LeaseHeld, RunLease
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return pafs.LocalFileSystem(), str(tmp_path / "run-0123456789ab")
+
+
+def place(fs, run_path, *, pid=None, host=None, age=0.0, owner="someone-else"):
+    """Write a lease record as another process would."""
+    fs.create_dir(run_path, recursive=True)
+    record = {"owner": owner, "host": host or socket.gethostname(), "pid": pid or os.getpid(),
+              "renewed": time.time() - age}
+    with fs.open_output_stream(f"{run_path}/{LEASE_FILE}") as stream:
+        stream.write(json.dumps(record).encode())
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_acquire_writes_and_release_deletes(folder):
+    fs, run_path = folder
+    lease = RunLease(fs, run_path, settle=0.0).acquire()
+    holder = lease.holder()
+    assert holder.owner == lease.owner and holder.pid == os.getpid()
+    lease.release()
+    assert fs.get_file_info(f"{run_path}/{LEASE_FILE}").type == pafs.FileType.NotFound
+
+
+def test_a_live_holder_is_refused_by_name(folder):
+    fs, run_path = folder
+    with RunLease(fs, run_path, settle=0.0).acquire():
+        with pytest.raises(LeaseHeld, match=rf"pid {os.getpid()} on {socket.gethostname()}"):
+            RunLease(fs, run_path, settle=0.0).acquire()
+
+
+def test_a_remote_holder_is_live_until_its_ttl(folder):
+    fs, run_path = folder
+    place(fs, run_path, host="another-host", pid=1, age=30)
+    with pytest.raises(LeaseHeld, match="another-host"):
+        RunLease(fs, run_path, ttl=60, settle=0.0).acquire()
+    place(fs, run_path, host="another-host", pid=1, age=90)
+    with RunLease(fs, run_path, ttl=60, settle=0.0).acquire() as lease:
+        assert lease.holder().owner == lease.owner
+
+
+def test_a_dead_process_on_this_host_is_taken_over_at_once(folder):
+    fs, run_path = folder
+    place(fs, run_path, pid=dead_pid(), age=0)
+    with RunLease(fs, run_path, settle=0.0).acquire() as lease:
+        assert lease.holder().owner == lease.owner
+
+
+def test_release_leaves_a_lease_that_is_not_ours(folder):
+    fs, run_path = folder
+    lease = RunLease(fs, run_path, settle=0.0).acquire()
+    place(fs, run_path, host="another-host", pid=1)  # taken over while we were stalled
+    lease.release()
+    assert lease.holder().host == "another-host"
+
+
+def test_renewal_keeps_the_lease_fresh(folder):
+    fs, run_path = folder
+    with RunLease(fs, run_path, renew_every=0.05, settle=0.0).acquire() as lease:
+        first = lease.holder().renewed
+        time.sleep(0.3)
+        assert lease.holder().renewed > first
+
+
+def test_wait_polls_until_the_holder_releases(folder):
+    fs, run_path = folder
+    first = RunLease(fs, run_path, settle=0.0).acquire()
+    threading.Timer(0.3, first.release).start()
+    started = time.monotonic()
+    with RunLease(fs, run_path, settle=0.0).acquire(wait=True, poll=0.05) as second:
+        assert second.holder().owner == second.owner
+    assert time.monotonic() - started >= 0.25
+
+
+def test_of_two_close_writers_the_later_keeps_it(folder):
+    """Object stores have no compare-and-set: a lease written within the settle time of ours
+    (after we found the folder free) wins, and we stop."""
+    fs, run_path = folder
+    threading.Timer(0.1, place, (fs, run_path), {"host": "another-host", "pid": 1}).start()
+    with pytest.raises(LeaseHeld, match="another-host"):
+        RunLease(fs, run_path, settle=0.5).acquire()
+
+
+@pytest.mark.s3
+def test_lease_on_a_real_s3_server(seaweedfs):
+    from paralab.platform.storage import Storage
+
+    root, fs = Storage.from_config(seaweedfs.storage_config("lease-test")).ray_storage()
+    run_path = f"{root}/run-0123456789ab"
+    with RunLease(fs, run_path, settle=0.2).acquire() as lease:
+        with pytest.raises(LeaseHeld):
+            RunLease(fs, run_path, settle=0.0).acquire()
+        assert lease.holder().owner == lease.owner
+    assert fs.get_file_info(f"{run_path}/{LEASE_FILE}").type == pafs.FileType.NotFound

@@ -353,7 +353,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Set to 0, Ray takes 127.0.0.1 as the node address and binds every port of a local cluster
+there, as it does on macOS; otherwise its GCS and raylets listen on all interfaces."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not os.environ.get("RAY_ADDRESS"):
+        # The private local cluster binds loopback, like every service paralab starts. Set
+        # before Ray is imported: Ray reads it once, at import.
+        os.environ.setdefault(RAY_LOOPBACK, "0")
     args = parse(argv)
     try:
         return args.func(args)

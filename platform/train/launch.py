@@ -104,7 +104,8 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
 def init_ray(resources: dict[str, float] | None = None) -> None:
     """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine.
 
-    The local cluster binds 127.0.0.1 only. ``resources`` adds custom resources to it (a
+    The local cluster binds 127.0.0.1 only when ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was
+    set before Ray was imported, as the CLI does. ``resources`` adds custom resources to it (a
     sweep's trial drivers reserve one, so that they take no CPU from their workers).
     """
     import ray
@@ -120,9 +121,11 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
         # Ray turns token authentication on for local clusters and says so on every start;
         # the CLI keeps that default and drops the notice.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # The cluster lives as long as this command; progress goes to the terminal and MLflow,
+        # so Ray's dashboard (two more processes) is not started.
         ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
                  runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+                 include_dashboard=False)
 
 
 def check_resources(cfg: ExperimentConfig) -> None:

@@ -1,0 +1,80 @@
+"""The private Ray cluster that `paralab run` and `paralab sweep` start binds loopback only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+PROBE = textwrap.dedent("""
+    import ipaddress, os, sys
+    from pathlib import Path
+    from paralab.platform import cli
+    try:
+        cli.main(["--version"])      # what the CLI does first, before any command imports Ray
+    except SystemExit:
+        pass
+    from paralab.platform.train.launch import init_ray
+    import ray
+    init_ray()
+    ray.get(ray.remote(lambda: None).remote())   # a worker process too
+
+    def tree(root):
+        parent = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(stat.parent.name)] = int(fields[1])
+        pids, grew = {root}, True
+        while grew:
+            more = {pid for pid, ppid in parent.items() if ppid in pids} - pids
+            pids |= more
+            grew = bool(more)
+        return pids
+
+    def sockets(pids):
+        inodes = set()
+        for pid in pids:
+            for fd in Path(f"/proc/{pid}/fd").glob("*"):
+                try:
+                    link = os.readlink(fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        return inodes
+
+    def listening(inodes):
+        found = []
+        for table, width in (("tcp", 4), ("tcp6", 16)):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] != "0A" or cols[9] not in inodes:   # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(cols[1].split(":")[0])
+                # /proc prints each 32-bit word in host (little-endian) order
+                ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(ipaddress.ip_address(ip))
+        return found
+
+    bound = listening(sockets(tree(os.getpid())))
+    ray.shutdown()
+    assert bound, "no listening socket found"
+    wide = [ip for ip in bound if not (getattr(ip, "ipv4_mapped", None) or ip).is_loopback]
+    sys.exit(f"listening beyond loopback: {sorted(map(str, wide))}" if wide else 0)
+""")
+
+
+def test_local_cluster_listens_on_loopback_only(tmp_path):
+    hidden = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -128,24 +128,35 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
                  runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
 
 
-def check_resources(cfg: ExperimentConfig) -> None:
-    import ray
+def local_resources() -> tuple[float, float]:
+    """CPUs and GPUs of the private cluster :func:`init_ray` starts here."""
+    try:
+        import torch
 
-    tc = cfg.train
-    have = ray.cluster_resources()
-    need_cpu = tc.workers * tc.cpus_per_worker
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPUs
+        gpus = 0
+    return float(os.cpu_count() or 1), float(gpus)
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Refuse a run the private local cluster cannot place, before starting it. A cluster at
+    ``RAY_ADDRESS`` may autoscale to fit; Ray reports what it cannot place."""
     if os.environ.get("RAY_ADDRESS"):
-        return  # an autoscaling cluster may grow to fit; Ray reports what it cannot place
-    if need_cpu > have.get("CPU", 0):
+        return
+    tc = cfg.train
+    cpus, gpus = local_resources()
+    need_cpu = tc.workers * tc.cpus_per_worker
+    if need_cpu > cpus:
         raise LaunchError(
             f"train.workers={tc.workers} x train.cpus_per_worker={tc.cpus_per_worker} needs "
-            f"{need_cpu:g} CPUs but this machine's Ray cluster has {have.get('CPU', 0):g}; "
+            f"{need_cpu:g} CPUs but this machine's Ray cluster has {cpus:g}; "
             "lower train.workers or train.cpus_per_worker"
         )
-    if tc.use_gpu and tc.workers > have.get("GPU", 0):
+    if tc.use_gpu and tc.workers > gpus:
         raise LaunchError(
             f"train.use_gpu=true with train.workers={tc.workers} needs {tc.workers} GPUs "
-            f"but the cluster has {have.get('GPU', 0):g}; set train.use_gpu=false or fewer workers"
+            f"but the cluster has {gpus:g}; set train.use_gpu=false or fewer workers"
         )
 
 
@@ -311,9 +322,9 @@ def launch(
             tracker.finish()
         return summary
 
+    check_resources(cfg)
     with hold(plan):
         init_ray()
-        check_resources(cfg)
         return _train(cfg, plan, data.key, restart, on_event, on_progress)
 
 

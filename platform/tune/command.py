@@ -17,9 +17,10 @@ INTERRUPTED = 130
 
 
 def sweep_command(args: argparse.Namespace, console: Console, err_console: Console) -> int:
+    from paralab.platform.train.launch import local_resources
     from paralab.platform.tune import display
     from paralab.platform.tune.progress import Board
-    from paralab.platform.tune.sweep import concurrency, local_resources, plan_sweep, run_sweep
+    from paralab.platform.tune.sweep import concurrency, plan_sweep, run_sweep
 
     plan = plan_sweep(args.file, args.overrides)
     if args.dry_run:

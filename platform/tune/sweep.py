@@ -217,17 +217,6 @@ def concurrency(plan: SweepPlan, cpus: float, gpus: float) -> int:
     return min(wanted, fit) if wanted else fit
 
 
-def local_resources() -> tuple[float, float]:
-    """CPUs and GPUs of the cluster ``paralab sweep`` would start here (for ``--dry-run``)."""
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no torch or no driver: no GPUs
-        gpus = 0
-    return float(os.cpu_count() or 1), float(gpus)
-
-
 # -- running ---------------------------------------------------------------------------------
 
 

@@ -34,7 +34,6 @@ def test_missing_dataset(paralab_cli, tmp_path):
     assert_refused_cleanly(proc, tmp_path / "h", "data.path")
 
 
-@pytest.mark.ray
 def test_more_workers_than_cpus(paralab_cli, tmp_path):
     proc = paralab_cli("run", str(QUICKSTART), *TINY, "train.workers=64", "train.batch_size=64",
                        home=tmp_path / "h")

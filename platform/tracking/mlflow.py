@@ -103,13 +103,15 @@ class Tracker:
         run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
         return cls(uri, run.info.run_id), False
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """Log the params this run lacks; return ``{key: (logged, now)}`` for those it has
+        with another value. MLflow params cannot change, so a resumed run keeps the first."""
         existing = self.client.get_run(self.run_id).data.params
-        batch = [
-            Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing
-        ]
+        values = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
+        batch = [Param(k, v) for k, v in values.items() if k not in existing]
         for start in range(0, len(batch), 100):
             self.client.log_batch(self.run_id, params=batch[start : start + 100])
+        return {k: (existing[k], v) for k, v in values.items() if k in existing and existing[k] != v}
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -100,7 +100,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, single_process_losses):
     assert "running the same command again resumes" in proc.stderr and "Traceback" not in proc.stderr
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
-    proc, client, runs = train(home, *keep)
+    # The resume also raises max_failures, a key outside the identity: the run continues, and
+    # MLflow keeps both configs.
+    proc, client, runs = train(home, *keep[1:], "train.max_failures=1")
     # Ray resumes from the latest checkpoint its controller had registered when rank 0 died:
     # 4 usually, 2 if the crash came before it took in step 4's report. The message must name
     # the step Ray really resumed from, which the logged history shows: steps up to it were
@@ -118,6 +120,14 @@ def test_interrupted_run_resumes_exactly(tmp_path, single_process_losses):
     assert all(logged[s] >= 1 for s in range(1, STEPS + 1)), logged
     losses = metric_by_step(client, run.info.run_id, "loss")
     assert_losses_match(losses, single_process_losses, range(step + 1, STEPS + 1))
+
+    assert "train.max_failures 0 -> 1" in proc.stdout
+    assert runs[0].data.params["train.max_failures"] == "0"
+    assert runs[0].data.tags[f"paralab.changed_at_step_{step}"] == "train.max_failures: 0 -> 1"
+    configs = {path: Path(client.download_artifacts(run.info.run_id, path)).read_text()
+               for path in ("config.yaml", f"config-from-step-{step}.yaml")}
+    assert "max_failures: 0" in configs["config.yaml"]
+    assert "max_failures: 1" in configs[f"config-from-step-{step}.yaml"]
 
 
 def test_killed_worker_restarts_and_loses_nothing(tmp_path, single_process_losses):

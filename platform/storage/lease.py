@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.fs as pafs
 
+from paralab.platform.services.process import pid_alive
+
 LEASE_FILE = "paralab-lease.json"
 TTL_S = 120.0
 """A lease not renewed for this long belongs to a process that is gone."""
@@ -54,21 +56,11 @@ class Holder:
         if self.age(now) > ttl:
             return False
         if self.host == socket.gethostname():
-            return _pid_alive(self.pid)
+            return pid_alive(self.pid)
         return True
 
     def describe(self, now: float) -> str:
         return f"pid {self.pid} on {self.host} (lease renewed {self.age(now):.0f} s ago)"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLease:

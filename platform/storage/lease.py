@@ -41,6 +41,15 @@ class LeaseHeld(RuntimeError):
     """Another live process trains this run; the message names it."""
 
 
+def _pid_namespace() -> str:
+    """Which pids this process sees: containers on one host (``--net=host`` keeps the host's
+    name) each have their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Holder:
     owner: str
@@ -48,6 +57,12 @@ class Holder:
     pid: int
     renewed: float
     """Unix time of the last renewal, by the holder's clock."""
+    pid_namespace: str = ""
+
+    @classmethod
+    def parse(cls, text: bytes) -> Holder:
+        record = json.loads(text)
+        return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.renewed)
@@ -55,8 +70,8 @@ class Holder:
     def alive(self, now: float, ttl: float) -> bool:
         if self.age(now) > ttl:
             return False
-        if self.host == socket.gethostname():
-            return pid_alive(self.pid)
+        if self.host == socket.gethostname() and self.pid_namespace == _pid_namespace():
+            return pid_alive(self.pid)  # its pid means something here
         return True
 
     def describe(self, now: float) -> str:
@@ -79,12 +94,12 @@ class RunLease:
     def holder(self) -> Holder | None:
         try:
             with self.fs.open_input_stream(self.path) as stream:
-                return Holder(**json.loads(stream.read()))
-        except (FileNotFoundError, OSError, ValueError, TypeError):
+                return Holder.parse(stream.read())
+        except (FileNotFoundError, OSError, ValueError, TypeError, KeyError):
             return None
 
     def _write(self) -> None:
-        record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time())
+        record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), _pid_namespace())
         with self.fs.open_output_stream(self.path) as stream:
             stream.write(json.dumps(asdict(record)).encode())
 

@@ -22,11 +22,12 @@ def folder(tmp_path):
     return pafs.LocalFileSystem(), str(tmp_path / "run-0123456789ab")
 
 
-def place(fs, run_path, *, pid=None, host=None, age=0.0, owner="someone-else"):
+def place(fs, run_path, *, pid=None, host=None, age=0.0, owner="someone-else", namespace=None):
     """Write a lease record as another process would."""
     fs.create_dir(run_path, recursive=True)
     record = {"owner": owner, "host": host or socket.gethostname(), "pid": pid or os.getpid(),
-              "renewed": time.time() - age}
+              "renewed": time.time() - age,
+              "pid_namespace": os.readlink("/proc/self/ns/pid") if namespace is None else namespace}
     with fs.open_output_stream(f"{run_path}/{LEASE_FILE}") as stream:
         stream.write(json.dumps(record).encode())
 
@@ -68,6 +69,15 @@ def test_a_dead_process_on_this_host_is_taken_over_at_once(folder):
     place(fs, run_path, pid=dead_pid(), age=0)
     with RunLease(fs, run_path, settle=0.0).acquire() as lease:
         assert lease.holder().owner == lease.owner
+
+
+def test_a_dead_pid_in_another_container_on_this_host_is_not_trusted(folder):
+    """Containers sharing the host's name (``--net=host``) have their own pids: a pid that does
+    not exist here may be alive there, so only the lease's age counts."""
+    fs, run_path = folder
+    place(fs, run_path, pid=dead_pid(), namespace="pid:[1]")
+    with pytest.raises(LeaseHeld):
+        RunLease(fs, run_path, settle=0.0).acquire()
 
 
 def test_release_leaves_a_lease_that_is_not_ours(folder):

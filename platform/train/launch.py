@@ -253,25 +253,26 @@ def check_same_data(plan: RunPlan, data_key: str) -> None:
         )
 
 
-def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str) -> dict[str, tuple[str, str]]:
+def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str) -> str:
     """Record the config in MLflow and the data key beside the checkpoints.
 
     A resume may change keys that are not part of the identity (``train.log_every``, where
     results go, ...). The run's params keep their first values, and ``config.yaml`` the
     config it started with; the new config goes to ``config-from-step-<N>.yaml`` and the
-    changes to the tag ``paralab.changed_at_step_<N>``. Returns ``{key: (was, now)}``.
+    changes to the tag ``paralab.changed_at_step_<N>``. Returns those changes as
+    ``key: was -> now, ...``, empty when there are none.
     """
     changed = tracker.log_params(flatten(to_dict(cfg)))
+    changes = ", ".join(f"{key}: {was} -> {now}" for key, (was, now) in sorted(changed.items()))
     tracker.set_tags({"paralab.storage": plan.storage_uri, "paralab.data_key": data_key})
-    if changed:
+    if changes:
         step = plan.resumed_from or 0
-        tracker.set_tags({f"paralab.changed_at_step_{step}": ", ".join(
-            f"{key}: {was} -> {now}" for key, (was, now) in sorted(changed.items()))})
+        tracker.set_tags({f"paralab.changed_at_step_{step}": changes})
         tracker.log_text(to_yaml(cfg), f"config-from-step-{step}.yaml")
     elif plan.resumed_from is None:
         tracker.log_text(to_yaml(cfg), "config.yaml")
     ckpt.record_data_key(plan.fs, plan.run_path, data_key)
-    return changed
+    return changes
 
 
 def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str,
@@ -368,11 +369,10 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
                 f"{len(others)} earlier run(s) of {cfg.name!r} in storage ({', '.join(others[-3:])}), "
                 "and paralab resumes only the exact same run"
             )
-    changed = record_start(cfg, plan, tracker, data_key)
-    if changed:
+    changes = record_start(cfg, plan, tracker, data_key)
+    if changes:
         on_event("continuing with other values than the run started with (kept in MLflow as "
-                 f"config-from-step-{plan.resumed_from or 0}.yaml): "
-                 + ", ".join(f"{key} {was} -> {now}" for key, (was, now) in sorted(changed.items())))
+                 f"config-from-step-{plan.resumed_from or 0}.yaml): {changes}")
     trainer = build_trainer(cfg, plan, tracker, data_key)
     tc = cfg.train
     stop = threading.Event()

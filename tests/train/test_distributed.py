@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, single_process_losses):
     losses = metric_by_step(client, run.info.run_id, "loss")
     assert_losses_match(losses, single_process_losses, range(step + 1, STEPS + 1))
 
-    assert "train.max_failures 0 -> 1" in proc.stdout
+    assert "train.max_failures: 0 -> 1" in proc.stdout
     assert runs[0].data.params["train.max_failures"] == "0"
     assert runs[0].data.tags[f"paralab.changed_at_step_{step}"] == "train.max_failures: 0 -> 1"
     configs = {path: Path(client.download_artifacts(run.info.run_id, path)).read_text()

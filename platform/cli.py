@@ -27,28 +27,42 @@ err_console = Console(stderr=True, highlight=False)
 USAGE_ERROR = 2
 
 
-def _version() -> str:
-    from paralab.platform.identity import code_version
+class _VersionAction(argparse.Action):
+    """``--version``, computed only when asked: the code version hashes the sources, and
+    every other command should not pay for it before it starts."""
 
-    return code_version()
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show paralab's version (package + source hash) and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from paralab.platform.identity import code_version
+
+        print(f"paralab {code_version()}")  # to stdout, as argparse's own version action
+        parser.exit()
+
+
+USER_ERRORS = {
+    "paralab.platform.config.load": "ConfigError",
+    "paralab.platform.data.errors": "DataError",
+    "paralab.platform.services.process": "ServiceError",
+    "paralab.platform.storage.errors": "StorageError",
+    "paralab.platform.train.launch": "LaunchError",
+}
+"""Exceptions whose message is written for the user; anything else is a bug."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is written for the user; anything else is a bug."""
-    from paralab.platform.config.load import ConfigError
-    from paralab.platform.data import DataError
-    from paralab.platform.services import ServiceError
-    from paralab.platform.storage import StorageError
-    from paralab.platform.train.launch import LaunchError
-
-    return (ConfigError, DataError, StorageError, LaunchError, ServiceError)
+    """The user-error classes of the modules this command imported. A module never imported
+    raised nothing, and importing it here (torch, MLflow) would cost every refusal seconds."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items()
+                 if module in sys.modules)
 
 
 def _failures() -> tuple[type[BaseException], ...]:
     """Failures after a run started: reported in one line, exit status 1."""
-    from paralab.platform.train.launch import TrainingFailed
-
-    return (TrainingFailed,)
+    launch = sys.modules.get("paralab.platform.train.launch")
+    return (launch.TrainingFailed,) if launch else ()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="paralab",
         description="Train ParaRNN language models in parallel over the sequence, on Ray.",
     )
-    parser.add_argument("--version", action="version", version=f"paralab {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def experiment_args(p: argparse.ArgumentParser) -> None:

@@ -76,9 +76,11 @@ def source_hash() -> str:
     installed paralab and a copy shipped with a Ray job); each file is hashed from the first
     place that has it, which is the one ``import`` loads.
     """
-    import importlib
+    from importlib.util import find_spec
 
-    return hash_sources((name, importlib.import_module(name).__path__) for name in COMPUTING_PACKAGES)
+    # find_spec locates a package without running it: hashing must not import torch.
+    return hash_sources((name, find_spec(name).submodule_search_locations)
+                        for name in COMPUTING_PACKAGES)
 
 
 def hash_sources(packages) -> str:

@@ -3,9 +3,13 @@ MLflow readers. A uniquely named module, since every folder's `conftest` shadows
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,14 +24,43 @@ def run_paralab(home: Path, *args: str, env: dict[str, str] | None = None,
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
         full_env.pop(key, None)
     home.mkdir(parents=True, exist_ok=True)
+    seed_mlflow_store(home)
     return subprocess.run([sys.executable, "-m", "paralab.platform.cli", *args], cwd=home,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@cache
+def empty_mlflow_store() -> Path:
+    """A new embedded MLflow store, made once per session and copied into each test's home.
+
+    MLflow builds a new SQLite store by running every schema migration, about 3 s on 2 cores,
+    and a copy is the same file. The end-to-end tests in `test_run_e2e.py` start without one,
+    so the CLI's own first start is still covered.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="paralab-empty-mlflow-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    store = folder / "mlflow.db"
+    code = ("import sys; from mlflow.tracking import MlflowClient; "
+            "MlflowClient(tracking_uri=sys.argv[1]).search_experiments()")
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{store}"], check=True,
+                   capture_output=True, timeout=300)
+    return store
+
+
+def seed_mlflow_store(home: Path) -> None:
+    """Put a copy of :func:`empty_mlflow_store` where paralab's embedded store goes, unless
+    one is there."""
+    store = home / ".paralab" / "mlflow.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_mlflow_store(), store)
 
 
 def mlflow_at(home: Path):
     # Imported here: GPU machines run the kernel tests without MLflow installed.
     from mlflow.tracking import MlflowClient
 
+    seed_mlflow_store(home)
     return MlflowClient(tracking_uri=f"sqlite:///{home / '.paralab' / 'mlflow.db'}")
 
 

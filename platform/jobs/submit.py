@@ -115,13 +115,13 @@ def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
 def _stage_code(stage: Path) -> Path:
     """Copy paralab's sources (the installed folders this command runs from) into
     ``stage/paralab``: Python files and package data, no caches."""
-    import importlib
+    from importlib.util import find_spec
 
     root = stage / "paralab"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     for name in PACKAGES:
-        package = importlib.import_module(f"paralab.{name}")
-        shutil.copytree(next(iter(package.__path__)), root / name, ignore=ignore)
+        folder = next(iter(find_spec(f"paralab.{name}").submodule_search_locations))
+        shutil.copytree(folder, root / name, ignore=ignore)
     return root
 
 

@@ -101,6 +101,9 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
     return tags
 
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
 def init_ray(resources: dict[str, float] | None = None) -> None:
     """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine.
 
@@ -121,6 +124,10 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
         # Ray turns token authentication on for local clusters and says so on every start;
         # the CLI keeps that default and drops the notice.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # One machine is never preempted: no watcher actor per worker group (its process
+        # costs seconds of CPU on a small machine). Set before Ray starts, which passes its
+        # environment down to the controller that reads it.
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
         # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner
         # asks its state API whether a trial's controller is alive, and without it the CPUs
         # of a trial that ASHA stopped are never given back.

@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from paralab_testing import ROOT, run_paralab
+from paralab_testing import ROOT, empty_mlflow_store, run_paralab
 
 from paralab.platform.cli import main
 from paralab.platform.config.load import ConfigError, load_experiment
@@ -77,7 +77,10 @@ def test_bad_space_through_the_real_cli(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "low must be > 0 for loguniform" in proc.stderr
-    assert not (tmp_path / "home" / ".paralab").exists()
+    # The home holds only the empty MLflow store the helper put there, as it was.
+    paralab_dir = tmp_path / "home" / ".paralab"
+    assert [p.name for p in paralab_dir.iterdir()] == ["mlflow.db"]
+    assert (paralab_dir / "mlflow.db").read_bytes() == empty_mlflow_store().read_bytes()
 
 
 @pytest.mark.parametrize("extra,expected", [

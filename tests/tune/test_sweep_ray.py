@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from paralab_testing import ROOT, metric_by_step, mlflow_at, run_paralab, runs_of
+from paralab_testing import (
+    ROOT,
+    metric_by_step,
+    mlflow_at,
+    run_paralab,
+    runs_of,
+    seed_mlflow_store,
+)
 
 from paralab.platform.config.load import load_experiment
 from paralab.platform.tune import plan_sweep
@@ -99,6 +106,7 @@ def _popen_sweep(home: Path, *args: str) -> subprocess.Popen:
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
         env.pop(key, None)
     home.mkdir(parents=True, exist_ok=True)
+    seed_mlflow_store(home)
     log = open(home / "first.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "paralab.platform.cli", "sweep", *args],
                             cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -131,17 +131,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
             data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url).key
         launch.check_same_data(plan, data_key)
-        tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id)
+        complete = plan.resumed_from == cfg.train.steps
+        tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id,
+                                         mark_running=not complete)
         tracker.set_tags({
             "mlflow.runName": trial_label(values), SWEEP_TAG: context.sweep_id,
             TRIAL_TAG: trial_id, VALUES_TAG: json.dumps(values),
             MEMBER_TAG.format(sweep_id=context.sweep_id): json.dumps(values),
         })
-        if plan.resumed_from == cfg.train.steps:
-            # Complete already (an earlier attempt, or an equal config): report, do not retrain.
-            metrics = tracker.client.get_run(tracker.run_id).data.metrics
-            tracker.finish()
-            tune.report({**metrics, "step": cfg.train.steps})
+        if complete:
+            # Complete already (an earlier attempt, an equal config, an earlier sweep): report,
+            # do not retrain. A finished run keeps its status and end time.
+            run = tracker.client.get_run(tracker.run_id)
+            if run.info.status != "FINISHED":  # new here, or killed after its last checkpoint
+                tracker.finish()
+            tune.report({**run.data.metrics, "step": cfg.train.steps})
             return
         launch.record_start(cfg, plan, tracker, data_key)
         trainer = launch.build_trainer(cfg, plan, tracker, data_key, callbacks=[TuneReportCallback()])

@@ -108,8 +108,8 @@ def test_a_group_with_one_width_says_why_it_has_no_fit(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_real_sweep_then_scaling(tmp_path):
-    """The README's workflow on a tiny preset: sweep two widths of one cell, extend the sweep
-    by a third width (only that one trains), then fit all three."""
+    """The README's workflow on a tiny preset: sweep one width of one cell, extend the sweep
+    by a second width (only that one trains), then fit both."""
     home = tmp_path / "home"
     tiny = [
         "sweep.params[model.cell].values=[paragru]",
@@ -118,20 +118,24 @@ def test_real_sweep_then_scaling(tmp_path):
         "train.eval_every=4", "train.checkpoint_every=4", "train.eval_batches=1",
         "tracking.log_model=false",
     ]  # fmt: skip
-    first = ["sweep.params[model.d_model].values=[8,16]", *tiny]
+    first = ["sweep.params[model.d_model].values=[8]", *tiny]
     proc = run_paralab(home, "sweep", str(STUDY), *first, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    extended = ["sweep.params[model.d_model].values=[8,16,32]", *tiny]
+    client = mlflow_at(home)
+    experiment = client.get_experiment_by_name("scaling-cells").experiment_id
+    (first_trial,) = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
+    extended = ["sweep.params[model.d_model].values=[8,16]", *tiny]
     proc = run_paralab(home, "sweep", str(STUDY), *extended, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    client = mlflow_at(home)
-    runs = client.search_runs([client.get_experiment_by_name("scaling-cells").experiment_id])
-    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 3  # 8, 16 reused
+    trials = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2
+    # Width 8 was reused as it was, not trained again.
+    assert client.get_run(first_trial.info.run_id).info.end_time == first_trial.info.end_time
 
     proc = run_paralab(home, "scaling", str(STUDY), *extended)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (folder,) = (home / ".paralab" / "scaling").iterdir()
     doc = json.loads((folder / "scaling.json").read_text())
-    assert len(doc["points"]) == 3 and not doc["skipped"]
+    assert len(doc["points"]) == 2 and not doc["skipped"]
     assert [p["params"] for p in doc["points"]] == sorted(p["params"] for p in doc["points"])
     assert {f["x"] for f in doc["fits"] if "alpha" in f} == {"params", "flops"}

@@ -1,5 +1,5 @@
 """Ray Train runs on 2 CPU workers: DDP and FSDP2 match one process, resume is exact, and a
-killed worker costs neither steps nor checkpoints.
+killed worker costs neither steps nor checkpoints, on local storage and on S3.
 
 One tiny experiment serves every test. Each run gets its own project directory, so its
 identity-addressed folders never collide with another test's.
@@ -13,10 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from paralab_testing import QUICKSTART, metric_by_step, mlflow_at, run_paralab, runs_of
 
+from paralab.models.factory import build_model
 from paralab.platform.config.load import load_experiment
 from paralab.platform.data import prepare
+from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.loop import NoHooks, Trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -75,15 +78,43 @@ def assert_losses_match(got: dict[int, float], want: dict[int, float], steps) ->
         )
 
 
-def test_fsdp_two_workers_match_one_process(tmp_path, single_process_losses):
-    """(DDP's match is checked through a worker's death, in the last test.)"""
-    _, client, (run,) = train(tmp_path / "fsdp", "train.strategy=fsdp")
+@pytest.mark.s3
+def test_fsdp_matches_one_process_through_a_restart_from_s3(tmp_path, seaweedfs, single_process_losses):
+    """FSDP2 on two workers with checkpoints on a real S3 server (SeaweedFS). Rank 1 dies after
+    step 6; Ray restarts both workers, which load step 4's shards back from S3. Every step's
+    loss still matches one process's, and the sharded checkpoint loads into one process."""
+    prefix = "runs-fsdp"
+    overrides = ["train.strategy=fsdp", "train.max_failures=2",
+                 f"storage.uri=s3://{seaweedfs.bucket}/{prefix}",
+                 f"storage.endpoint_url={seaweedfs.endpoint_url}"]
+    marker = tmp_path / "killed"
+    _, client, (run,) = train(tmp_path / "home", *overrides, env={"PARALAB_FAULT_INJECT": f"6:1:{marker}"})
+    assert marker.exists(), "the fault was never injected"
     losses = metric_by_step(client, run.info.run_id, "loss")
+    assert sorted(losses) == list(range(1, STEPS + 1))
     assert_losses_match(losses, single_process_losses, range(1, STEPS + 1))
-    checkpoint = Path(run.data.tags["paralab.checkpoint"])
-    # Sharded: one .distcp per rank plus the metadata.
-    assert sorted(p.name for p in (checkpoint / "dcp").iterdir()) == [
-        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+    s3 = seaweedfs.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=seaweedfs.bucket, Prefix=prefix)["Contents"]]
+    run_dir = run.data.tags["paralab.checkpoint"].rsplit("/", 1)[0].split(f"{seaweedfs.bucket}/", 1)[1]
+    for step in (4, 8):
+        base = f"{run_dir}/{ckpt.checkpoint_name(step)}"
+        # Sharded: one .distcp per rank plus the metadata.
+        for name in ("dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "trainer.pt",
+                     "rng-rank0.pt", "rng-rank1.pt"):
+            assert f"{base}/{name}" in keys, f"{base}/{name} missing from {keys}"
+
+    # The sharded checkpoint loads back into one process as a full model.
+    local = tmp_path / "ckpt"
+    base = f"{run_dir}/{ckpt.checkpoint_name(STEPS)}/"
+    for key in keys:
+        if key.startswith(base) and not key.endswith("/"):
+            target = local / key[len(base):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(seaweedfs.bucket, key, str(target))
+    model = build_model(load_experiment(QUICKSTART, TINY).model)
+    model.load_state_dict(ckpt.full_state_dict(local))
+    assert torch.isfinite(model(torch.randint(0, 256, (1, 16)))).all()
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, single_process_losses):

@@ -7,6 +7,7 @@ SQLite store and checkpoint folder are the test's own.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -75,6 +76,9 @@ def test_mlflow_holds_params_metrics_config_and_checkpoint(first_run):
     assert "cell: paragru" in config_text
     ckpt = Path(run.data.tags["paralab.checkpoint"])
     assert ckpt.name == "checkpoint_00000016" and (ckpt / "model.pt").exists()
+    # The key of the data it trained on, beside the checkpoints: a resume on other data stops.
+    record = json.loads((ckpt.parent / "paralab-data.json").read_text())
+    assert record == {"data_key": run.data.tags["paralab.data_key"]}
     assert (ckpt / "trainer.pt").exists() and (ckpt / "rng-rank1.pt").exists()
     assert "MLflow UI" in proc.stdout and " ui" in proc.stdout
     assert str(ckpt.parent) in proc.stdout.replace("\n", "")

@@ -147,3 +147,20 @@ def test_ui_serves_the_store_the_experiment_names(tmp_path, monkeypatch, capsys)
     assert argv[argv.index("--port") + 1] == "5077"
     assert main(["ui", str(experiment), "tracking.uri=http://mlflow.internal:5000"]) == 0
     assert "MLflow is served at http://mlflow.internal:5000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["submit", "experiments/quickstart.yaml"]],
+                         ids=["version", "refusal"])
+def test_answers_that_need_no_training_import_neither_torch_nor_mlflow(argv):
+    """Those imports cost seconds; `--version` and a refused command must not wait for them."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys\nfrom paralab.platform.cli import main\n"
+            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print(rc, sorted(m for m in ('torch', 'mlflow', 'ray') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last in ("0 []", "2 []"), proc.stdout + proc.stderr

@@ -19,14 +19,21 @@ QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 def run_paralab(home: Path, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `paralab ARGS` as a user would, with `home` as its project directory."""
+    return subprocess.run([sys.executable, "-m", "paralab.platform.cli", *args], cwd=home,
+                          env=paralab_env(home, env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def paralab_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `paralab` subprocess whose project directory is `home` (created,
+    with an empty MLflow store), on its own local Ray cluster and storage."""
     full_env = {**os.environ, "PARALAB_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
                 **(env or {})}
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
         full_env.pop(key, None)
     home.mkdir(parents=True, exist_ok=True)
     seed_mlflow_store(home)
-    return subprocess.run([sys.executable, "-m", "paralab.platform.cli", *args], cwd=home,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return full_env
 
 
 @cache

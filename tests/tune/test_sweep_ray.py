@@ -19,9 +19,9 @@ from paralab_testing import (
     ROOT,
     metric_by_step,
     mlflow_at,
+    paralab_env,
     run_paralab,
     runs_of,
-    seed_mlflow_store,
 )
 
 from paralab.platform.config.load import load_experiment
@@ -102,11 +102,7 @@ def test_asha_sweep_end_to_end(tmp_path):
 
 
 def _popen_sweep(home: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PARALAB_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
-        env.pop(key, None)
-    home.mkdir(parents=True, exist_ok=True)
-    seed_mlflow_store(home)
+    env = paralab_env(home)
     log = open(home / "first.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "paralab.platform.cli", "sweep", *args],
                             cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,

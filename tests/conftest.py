@@ -10,7 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from paralab_testing import run_paralab
+from paralab_testing import ROOT, run_paralab
+
+
+def _stray_mlflow_dirs() -> set[Path]:
+    return {p for p in [ROOT / "mlruns", *(ROOT / "tests").rglob("mlruns")] if p.exists()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_write_no_mlruns_into_the_checkout():
+    """MLflow falls back to ``./mlruns`` in the cwd for an experiment made without an artifact
+    location; tests must keep every artifact in their own temporary homes."""
+    before = _stray_mlflow_dirs()
+    yield
+    stray = _stray_mlflow_dirs() - before
+    assert not stray, f"tests wrote MLflow artifacts into the checkout: {sorted(map(str, stray))}"
 
 
 @pytest.fixture

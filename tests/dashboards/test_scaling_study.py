@@ -28,7 +28,9 @@ def _record_sweep(home, overrides=OVERRIDES, killed=("paralstm", 64)):
     """A finished sweep as `paralab sweep` leaves it in MLflow: a parent run, a child per trial."""
     plan = plan_sweep(STUDY, overrides)
     client = mlflow_at(home)
-    exp_id = client.create_experiment(plan.experiment)
+    # As Tracker.open makes it: artifacts beside the database, not in the cwd's ./mlruns.
+    artifacts = (home / ".paralab" / "mlartifacts").as_uri()
+    exp_id = client.create_experiment(plan.experiment, artifact_location=artifacts)
     parent = client.create_run(exp_id, tags={SWEEP_TAG: plan.sweep_id, "paralab.kind": "sweep"})
     for values in plan.trials:
         cfg = plan.trial_cfg(values)

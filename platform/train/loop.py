@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from paralab.platform.data import PreparedData
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.optim import build_optimizer, build_scheduler
 from paralab.platform.train.parallel import device_for_worker, parallelize, unwrap
+from paralab.platform.train.staging import staging_folder
 
 # Dense bf16 peak of common accelerators, for model FLOPs utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
@@ -157,8 +157,7 @@ class Trainer:
         if not with_checkpoint:
             self.hooks.report(metrics, None, None)
             return
-        with tempfile.TemporaryDirectory(prefix="paralab-ckpt-") as tmp:
-            folder = Path(tmp)
+        with staging_folder() as folder:
             ckpt.save(folder, self.model, self.optimizer, self._trainer_state(),
                       sharded=self.sharded, rank=self.ctx.rank)
             self.hooks.report(metrics, folder, ckpt.checkpoint_name(self.step))

@@ -166,7 +166,9 @@ class SeaweedFS(ManagedProcess):
         assert self.ports is not None
         p = self.ports
         return [
-            self.weed or find_weed(), "mini", f"-dir={self.data_dir}",
+            # glog writes its own files to the temp dir unless told otherwise, one set per start.
+            self.weed or find_weed(), f"-logdir={self.data_dir / 'logs'}",
+            "mini", f"-dir={self.data_dir}",
             f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
             f"-master.port={p.master}", f"-volume.port={p.volume}", f"-filer.port={p.filer}",
             f"-s3.port={p.s3}", f"-admin.port={p.admin}",
@@ -180,7 +182,7 @@ class SeaweedFS(ManagedProcess):
         """Start the server and wait until S3 answers; create ``buckets``. Returns self."""
         if self.running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             if self.ports is None or (attempt > 0 and not self.ports.all_free()):
                 self.ports = SeaweedPorts.pick()

@@ -54,3 +54,5 @@ def test_data_survives_restart(tmp_path, seaweedfs):
         assert Storage.from_config(config).read_bytes("ckpt/model.pt") == b"step 7"
 
 
+    # Its own logs stay with its data: nothing is left in the temp dir per start.
+    assert any((tmp_path / "s3" / "logs").glob("weed.*.log.INFO.*"))

@@ -178,11 +178,7 @@ def submit(sub: Submission) -> str:
     from ray.job_submission import JobSubmissionClient
 
     try:
-        client = JobSubmissionClient(sub.address)
-        return client.submit_job(
-            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
-            submission_id=sub.submission_id, metadata=sub.metadata,
-        )  # fmt: skip
+        return submit_when_agent_is_up(JobSubmissionClient(sub.address), sub)
     except ConnectionError as err:
         raise SubmitError(f"--address {sub.address}: no Ray job API answers there ({err})") from None
     except Exception as err:
@@ -196,6 +192,40 @@ def submit(sub: Submission) -> str:
     finally:
         if sub.stage is not None:
             shutil.rmtree(sub.stage, ignore_errors=True)
+
+
+AGENT_WAIT_S = 90.0
+"""How long to wait for a head whose job API answers before its job agent does."""
+
+
+def submit_when_agent_is_up(client, sub: Submission, wait_s: float = AGENT_WAIT_S,
+                            sleep=time.sleep) -> str:
+    """``client.submit_job`` for ``sub``, retried while the head has no job agent yet.
+
+    A head that has just started serves its dashboard a few seconds (longer on a loaded
+    machine) before its job agent registers; Ray then answers 500 "No available agent to
+    submit job, please try again later". Other refusals of the job API are the user's to fix
+    and come back as one :class:`SubmitError` line."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
+                submission_id=sub.submission_id, metadata=sub.metadata,
+            )  # fmt: skip
+        except RuntimeError as err:
+            message = str(err).strip()
+            if not message.startswith("Request failed with status code"):
+                raise
+            if "No available agent" not in message:
+                raise SubmitError(f"--address {sub.address}: Ray's job API refused the job: "
+                                  f"{message}") from None
+            if time.monotonic() >= deadline:
+                raise SubmitError(
+                    f"--address {sub.address}: the head has had no job agent for {wait_s:.0f} s "
+                    f"({message}); check that the head node is up (`ray status`) and submit again"
+                ) from None
+            sleep(2.0)
 
 
 def follow(address: str, job_id: str, write) -> str:

@@ -22,7 +22,12 @@ import pytest
 import yaml
 from paralab_testing import QUICKSTART, run_paralab, runs_of
 
-from paralab.platform.jobs.submit import SubmitError, plan_submission
+from paralab.platform.jobs.submit import (
+    Submission,
+    SubmitError,
+    plan_submission,
+    submit_when_agent_is_up,
+)
 
 DURABLE = ["tracking.uri=http://mlflow.internal:5000", "storage.uri=s3://bucket/runs"]
 SCALING = QUICKSTART.parent / "scaling" / "cells.yaml"
@@ -87,6 +92,44 @@ def test_run_and_sweep_options_reach_the_job_and_only_the_right_command():
         plan_submission(str(QUICKSTART), DURABLE, "http://head:8265", flags=["--resume"])
     with pytest.raises(SubmitError, match="--restart is an option of paralab run: use it without"):
         plan_submission(str(SCALING), DURABLE, "http://head:8265", sweep=True, flags=["--restart"])
+
+
+NO_AGENT = "Request failed with status code 500: No available agent to submit job, please try again later.."
+
+
+class _JobAPI:
+    """Ray's job API as a freshly started head answers it: ``answers`` in turn, then an id."""
+
+    def __init__(self, *answers: str):
+        self.answers, self.calls = list(answers), 0
+
+    def submit_job(self, **job):
+        self.calls += 1
+        if self.answers:
+            raise RuntimeError(self.answers.pop(0))
+        return job["submission_id"]
+
+
+def _sub() -> Submission:
+    return Submission(address="http://head:8265", cfg=None, entrypoint="python -m x",
+                      runtime_env={}, submission_id="paralab-run-x")  # fmt: skip
+
+
+def test_a_head_without_its_job_agent_yet_is_waited_for():
+    api, slept = _JobAPI(NO_AGENT, NO_AGENT), []
+    assert submit_when_agent_is_up(api, _sub(), wait_s=60, sleep=slept.append) == "paralab-run-x"
+    assert api.calls == 3 and slept == [2.0, 2.0]
+
+
+def test_a_head_that_never_gets_an_agent_or_refuses_is_one_error_line():
+    with pytest.raises(SubmitError, match=r"no job agent for 0 s .*`ray status`") as err:
+        submit_when_agent_is_up(_JobAPI(NO_AGENT), _sub(), wait_s=0, sleep=lambda s: None)
+    assert "\n" not in str(err.value)
+    refused = "Request failed with status code 400: Job with submission_id paralab-run-x already exists."
+    api = _JobAPI(refused)
+    with pytest.raises(SubmitError, match="refused the job: .*already exists"):
+        submit_when_agent_is_up(api, _sub(), wait_s=60, sleep=lambda s: None)
+    assert api.calls == 1, "a refusal is not retried"
 
 
 def test_file_storage_puts_the_data_cache_on_the_same_shared_path():

@@ -13,6 +13,9 @@ TORCH_INDEX ?=
 TORCH_VERSION := 2.13.0
 EXPERIMENT ?= experiments/quickstart.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: one process). Modules with Ray tests share one
+# worker (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test install lint clean-venv
 
@@ -33,7 +36,7 @@ run: $(STAMP)
 
 # Exit status 5 means pytest collected nothing: for this suite that is a failure, not a pass.
 test: $(STAMP)
-	@TRITON_INTERPRET=1 $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@TRITON_INTERPRET=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

@@ -5,12 +5,41 @@ Plain helpers live in `paralab_testing.py`, which tests import by that unique na
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from paralab_testing import ROOT, run_paralab
+
+
+@functools.cache
+def _starts_ray(module: Path) -> bool:
+    try:
+        return "pytest.mark.ray" in module.read_text()
+    except OSError:
+        return False
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``make test`` (two pytest-xdist workers), the modules that hold Ray tests run on
+    one worker, in order, while the other worker takes every other test as it frees up.
+
+    Two local Ray clusters at once on 2 cores would each believe they own every core and
+    starve each other; a Ray test mostly waits on processes starting, and the CPU-bound tests
+    beside it fill that time. (``--dist loadgroup`` would say this with markers, but it does
+    not group under pytest 9.2, whose node ids it can no longer rewrite.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = config.rootpath / nodeid.split("::", 1)[0]
+            return "ray" if _starts_ray(module) else nodeid
+
+    return RayModulesTogether(config, log)
 
 
 def _stray_mlflow_dirs() -> set[Path]:

@@ -13,9 +13,10 @@ TORCH_INDEX ?=
 TORCH_VERSION := 2.13.0
 EXPERIMENT ?= experiments/quickstart.yaml
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (0: one process). Modules with Ray tests share one
+# pytest-xdist workers for `make test` (0: one process; 2 took 1166 s instead of 1455 s, but one
+# ASHA sweep test failed once under it, uninvestigated). Modules with Ray tests share one
 # worker (tests/conftest.py).
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 0
 
 .PHONY: run test install lint clean-venv
 

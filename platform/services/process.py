@@ -98,6 +98,15 @@ def log_tail(log_path: Path, lines: int = 3) -> str:
     return " | ".join(tail) or "(empty log)"
 
 
+def pid_namespace() -> str:
+    """Which pids this process sees: containers on one host (``--net=host`` keeps the host's
+    name) each have their own. Empty where /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists (and is not a zombie)."""
     try:

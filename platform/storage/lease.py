@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.fs as pafs
 
-from paralab.platform.services.process import pid_alive
+from paralab.platform.services.process import pid_alive, pid_namespace
 
 LEASE_FILE = "paralab-lease.json"
 TTL_S = 120.0
@@ -39,15 +39,6 @@ log = logging.getLogger(__name__)
 
 class LeaseHeld(RuntimeError):
     """Another live process trains this run; the message names it."""
-
-
-def _pid_namespace() -> str:
-    """Which pids this process sees: containers on one host (``--net=host`` keeps the host's
-    name) each have their own."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -70,7 +61,7 @@ class Holder:
     def alive(self, now: float, ttl: float) -> bool:
         if self.age(now) > ttl:
             return False
-        if self.host == socket.gethostname() and self.pid_namespace == _pid_namespace():
+        if self.host == socket.gethostname() and self.pid_namespace == pid_namespace():
             return pid_alive(self.pid)  # its pid means something here
         return True
 
@@ -99,7 +90,7 @@ class RunLease:
             return None
 
     def _write(self) -> None:
-        record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), _pid_namespace())
+        record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), pid_namespace())
         with self.fs.open_output_stream(self.path) as stream:
             stream.write(json.dumps(asdict(record)).encode())
 

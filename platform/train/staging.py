@@ -19,18 +19,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from paralab.platform.services.process import pid_alive
+from paralab.platform.services.process import pid_alive, pid_namespace
 
 PREFIX = "paralab-ckpt-"
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def _owner_tag() -> str:
     """Whose pids a name's pid refers to: this host, and this pid namespace on it."""
-    try:
-        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
-    except OSError:
-        namespace = "0"
+    namespace = re.sub(r"\D", "", pid_namespace()) or "0"
     host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
     return f"{host}-{namespace}"
 

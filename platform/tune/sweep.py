@@ -546,28 +546,31 @@ def _link_runs(parent, sweep_id: str, trials: list[TrialOutcome]) -> None:
 
 def _settle_child(parent, sweep_id: str, trial_id: str, values: dict[str, Any],
                   step: int | None) -> None:
-    """Mark the child run of a trial that Tune stopped, if its actor died before it could.
+    """Mark the child run of a trial that Tune stopped, and the step it stopped at.
 
     Called when Tune reports the trial complete: a run that finished on its own is already
-    FINISHED; one still RUNNING (or FAILED by the stop) was stopped."""
+    FINISHED; any other was stopped, whether its dying actor marked it KILLED first, or
+    never got to mark it (RUNNING), or (before that actor kept its Tune session) FAILED."""
     run = _child_of(_children(parent, sweep_id), trial_id, values, sweep_id)
-    if run is not None and run.info.status in ("RUNNING", "FAILED"):
+    if run is not None and run.info.status in ("RUNNING", "FAILED", "KILLED"):
         if step is not None:
             parent.client.set_tag(run.info.run_id, STOPPED_TAG, str(step))
-        parent.client.set_terminated(run.info.run_id, status="KILLED")
+        if run.info.status != "KILLED":  # keep the end time its actor wrote
+            parent.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _close_children(parent, sweep_id: str, trials: dict[str, TrialOutcome]) -> None:
-    """Child runs left RUNNING by trials that Tune stopped or that the interrupt killed (or
-    marked FAILED by a trial dying of Tune's stop)."""
+    """Child runs left RUNNING by trials that Tune stopped or that the interrupt killed, and
+    every run of a trial the scheduler stopped (tagged with its step, however it ended)."""
     for run in _children(parent, sweep_id):
         trial = trials.get(run.info.run_id)
         stopped = trial is not None and trial.status == "STOPPED"
-        if run.info.status != "RUNNING" and not (stopped and run.info.status == "FAILED"):
+        if run.info.status != "RUNNING" and not (stopped and run.info.status in ("FAILED", "KILLED")):
             continue
         if stopped and trial.step is not None:
             parent.client.set_tag(run.info.run_id, STOPPED_TAG, str(trial.step))
-        parent.client.set_terminated(run.info.run_id, status="KILLED")
+        if run.info.status != "KILLED":
+            parent.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _best(plan: SweepPlan, trials: list[TrialOutcome]) -> TrialOutcome | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     values = {key: plain(value) for key, value in config.items()}
     cfg = trial_config(context, values)
     trial_id = tune.get_context().get_trial_id()
+    stopping = stop_signal()
     first = launch.plan_run(cfg)
     # Within the sweep, a trial with an equal config; outside it, a `paralab run` of one.
     with _claim(context.claims, first.identity, trial_id), launch.hold(first, wait=True):
@@ -153,17 +154,25 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             result = trainer.fit()
         except BaseException:
             # A trial that Tune stops (ASHA, time budget, Ctrl-C) dies here too; it did not fail.
-            tracker.finish("KILLED" if _stopping() else "FAILED")
+            tracker.finish("KILLED" if stopping() else "FAILED")
             raise
         launch.finish_run(cfg, plan, tracker, result)
 
 
-def _stopping() -> bool:
-    """Whether Tune has asked this trial to stop (its session's stop event is set)."""
+def stop_signal() -> Callable[[], bool]:
+    """A check of whether Tune has asked this trial to stop; call it when the trial starts.
+
+    Tune stops a trial by setting its session's stop event and then, at once, dropping the
+    session (``FunctionTrainable.cleanup``). The trial's thread meets the stop later, as an
+    error out of ``trainer.fit()``, and by then ``get_session()`` is ``None``: a check that
+    looked the session up only at that point called a stopped trial FAILED whenever the
+    actor was slow to die (a loaded machine). So the session is held from the start.
+    """
     try:
         from ray.train._internal.session import get_session
 
         session = get_session()
-        return bool(session and session.stop_event.is_set())
+        event = session.stop_event if session is not None else None
     except Exception:  # noqa: BLE001 - an internal API: when in doubt, report a failure
-        return False
+        event = None
+    return (lambda: False) if event is None else event.is_set

@@ -233,7 +233,9 @@ class Trainer:
             if metrics:
                 self.hooks.log(metrics, self.step)
             if "val_loss" in metrics:
-                metrics["step"] = self.step
+                # For Tune: a sweep's trials may train different step counts (train.steps or
+                # train.flops_budget swept), so each says where its own end is.
+                metrics.update(step=self.step, steps=tc.steps)
                 self.report(metrics, with_checkpoint=do_ckpt)
                 if do_ckpt and self.best_step == self.step:
                     self.hooks.keep_best(self.step)

@@ -37,12 +37,17 @@ def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None) -
     table.add_column("#", justify="right")
     for key in sweep.params:
         table.add_column(key)
+    cfgs = [plan.trial_cfg(values) for values in plan.trials]
+    # Steps differ between trials when train.steps or train.flops_budget is swept: show them.
+    steps = len({cfg.train.steps for cfg in cfgs}) > 1 or "train.flops_budget" in sweep.params
+    if steps:
+        table.add_column("steps", justify="right")
     table.add_column("resources")
-    for index, values in enumerate(plan.trials, 1):
-        cfg = plan.trial_cfg(values)
+    for index, (values, cfg) in enumerate(zip(plan.trials, cfgs), 1):
         gpu = f" + {cfg.train.workers} GPU" if cfg.train.use_gpu else ""
         resources = f"{cfg.train.workers} x {cfg.train.cpus_per_worker:g} CPU{gpu}"
-        table.add_row(str(index), *(escape(format_value(values[k])) for k in sweep.params), resources)
+        cells = [escape(format_value(values[k])) for k in sweep.params]
+        table.add_row(str(index), *cells, *([str(cfg.train.steps)] if steps else []), resources)
     notes = []
     if not plan.exact:
         notes.append(f"optuna: the first {len(plan.trials)} suggestions before any result; TPE "
@@ -68,7 +73,7 @@ def board_table(board: Board, keys: list[str]) -> Table:
     for row in board.snapshot():
         table.add_row(
             row.trial_id, _styled(row.status),
-            "-" if row.step is None else f"{row.step}/{board.steps}",
+            "-" if row.step is None else f"{row.step}/{row.steps or board.steps}",
             "-" if row.metric is None else f"{row.metric:.4g}",
             *(escape(format_value(row.values.get(k, ""))) for k in keys),
         )

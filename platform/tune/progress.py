@@ -25,6 +25,8 @@ class TrialRow:
     values: dict[str, Any]
     status: str = "PENDING"
     step: int | None = None
+    steps: int | None = None
+    """The trial's own step count, once it has reported (trials may differ)."""
     metric: float | None = None
     error: str | None = None
 
@@ -58,6 +60,8 @@ class Board:
                 result = trial.last_result or {}
                 if "step" in result:
                     row.step = int(result["step"])
+                if "steps" in result:
+                    row.steps = int(result["steps"])
                 if self.metric in result:
                     row.metric = float(result[self.metric])
 

@@ -80,10 +80,11 @@ class FinishingASHA(ASHAScheduler):
     def __init__(self, *, final_step: int, **kwargs: Any):
         super().__init__(stop_last_trials=False, **kwargs)
         self.final_step = final_step
+        """The base config's steps, for a result that does not carry its trial's own."""
 
     def on_trial_result(self, tune_controller, trial, result):
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get("step", 0) >= self.final_step:
+        if action == self.STOP and result.get("step", 0) >= result.get("steps", self.final_step):
             return self.CONTINUE
         return action
 
@@ -137,6 +138,11 @@ class SweepPlan:
         tree = to_dict(self.cfg)
         tree["sweep"] = None
         return from_dict(spaces.apply(tree, values))
+
+    def max_steps(self) -> int:
+        """The most steps any listed trial trains (``train.steps`` or the FLOP budget may be
+        swept); the base config's when no trial is listed."""
+        return max([self.trial_cfg(v).train.steps for v in self.trials] or [self.cfg.train.steps])
 
 
 def sweep_id(cfg: ExperimentConfig) -> str:
@@ -279,7 +285,7 @@ def _scheduler(plan: SweepPlan):
     if sc.type == "asha":
         # Reports carry the optimizer step, so rungs are in steps whatever eval_every is.
         return FinishingASHA(final_step=plan.cfg.train.steps, time_attr="step",
-                             max_t=sc.max_t or plan.cfg.train.steps, grace_period=sc.grace_period,
+                             max_t=sc.max_t or plan.max_steps(), grace_period=sc.grace_period,
                              reduction_factor=sc.reduction_factor, brackets=sc.brackets)
     return None
 
@@ -486,7 +492,7 @@ def _outcome(plan: SweepPlan, trial, cut: bool = False) -> TrialOutcome:
     result = trial.last_result or {}
     step = int(result["step"]) if "step" in result else None
     metric = result.get(plan.sweep.metric)
-    finished = step is not None and step >= plan.cfg.train.steps
+    finished = step is not None and step >= int(result.get("steps", plan.cfg.train.steps))
     if trial.status == "TERMINATED" and (finished or not cut):
         status = "FINISHED" if finished else "STOPPED"
     elif trial.status == "ERROR":

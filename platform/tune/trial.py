@@ -146,7 +146,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             run = tracker.client.get_run(tracker.run_id)
             if run.info.status != "FINISHED":  # new here, or killed after its last checkpoint
                 tracker.finish()
-            tune.report({**run.data.metrics, "step": cfg.train.steps})
+            tune.report({**run.data.metrics, "step": cfg.train.steps, "steps": cfg.train.steps})
             return
         launch.record_start(cfg, plan, tracker, data_key)
         trainer = launch.build_trainer(cfg, plan, tracker, data_key, callbacks=[TuneReportCallback()])

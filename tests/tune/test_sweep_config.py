@@ -213,3 +213,37 @@ def test_apply_sets_nested_keys_without_touching_the_base():
     base = {"train": {"lr": 1.0, "betas": [0.9, 0.95]}, "model": {"cell": "paragru"}}
     out = apply(base, {"train.lr": 0.5, "train.betas": [0.8, 0.9]})
     assert out["train"] == {"lr": 0.5, "betas": [0.8, 0.9]} and base["train"]["lr"] == 1.0
+
+
+class _Trial:
+    """What the sweep reads of a Tune trial once it has ended."""
+
+    def __init__(self, trial_id: str, config: dict, status: str, last_result: dict):
+        self.trial_id, self.config, self.status, self.last_result = trial_id, config, status, last_result
+
+
+def test_trials_of_different_lengths_each_finish_at_their_own_end():
+    """With train.steps (or a FLOP budget) swept, a trial is finished at its own last step, not
+    the base config's, and ASHA never stops a trial at that step; the plan knows the longest."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from paralab.platform.tune.sweep import FinishingASHA, _outcome
+
+    plan = plan_sweep(SWEEPS / "lr.yaml", ["train.steps=300", "sweep.params[train.steps]={type: grid, values: [100, 300]}"])
+    assert plan.max_steps() == 300
+    short = _Trial("a", plan.trials[0], "TERMINATED", {"step": 100, "steps": 100, "val_loss": 2.0})
+    stopped = _Trial("b", plan.trials[1], "TERMINATED", {"step": 100, "steps": 300, "val_loss": 2.5})
+    assert _outcome(plan, short).status == "FINISHED"
+    assert _outcome(plan, stopped).status == "STOPPED"
+
+    asha = FinishingASHA(final_step=300, time_attr="step", metric="val_loss", mode="min",
+                         max_t=300, grace_period=50, reduction_factor=2)  # fmt: skip
+    best, worse, ending = (_Trial(t, {}, "RUNNING", {}) for t in "xyz")
+    for trial in (best, worse, ending):
+        asha.on_trial_add(None, trial)
+    at_rung = {"step": 50, "steps": 300}
+    assert asha.on_trial_result(None, best, {**at_rung, "val_loss": 1.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, worse, {**at_rung, "val_loss": 9.0}) == TrialScheduler.STOP
+    # Just as bad, but step 50 is its last: stopping it would only lose its final report.
+    last = {"step": 50, "steps": 50, "val_loss": 9.0}
+    assert asha.on_trial_result(None, ending, last) == TrialScheduler.CONTINUE

@@ -112,6 +112,6 @@ class BoardCallback(Callback):
         metric = result.get(board.metric)
         shown = f"{board.metric} {metric:.4g}" if isinstance(metric, (int, float)) else ""
         step = result.get("step")
-        stopped = how == "finished" and step is not None and step < board.steps
+        stopped = how == "finished" and step is not None and step < result.get("steps", board.steps)
         what = f"stopped early at step {step}" if stopped else how
         board.on_event(f"trial {label} {what}" + (f"  {shown}" if shown else ""))

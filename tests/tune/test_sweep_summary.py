@@ -57,7 +57,7 @@ def test_board_follows_tune_events_and_renders():
                   on_trial_end=lambda trial_id, errored: ended.append((trial_id, errored)))
     trials = [SimpleNamespace(trial_id=f"t{i}", config=v, status="RUNNING",
                               last_result={"step": 50, "val_loss": 3.0})
-              for i, v in enumerate(plan.trials[:2])]
+              for i, v in enumerate(plan.trials[:3])]
     active(board)
     try:
         callback = BoardCallback()
@@ -66,16 +66,21 @@ def test_board_follows_tune_events_and_renders():
         callback.on_trial_complete(iteration=2, trials=trials, trial=trials[0])
         trials[1].status = "ERROR"
         callback.on_trial_error(iteration=3, trials=trials, trial=trials[1])
+        # A trial shorter than the base config (train.steps or a FLOP budget swept) is done at its
+        # own last step.
+        trials[2].status, trials[2].last_result = "TERMINATED", {"step": 100, "steps": 100, "val_loss": 2.4}
+        callback.on_trial_complete(iteration=4, trials=trials, trial=trials[2])
     finally:
         active(None)
-    assert ended == [("t0", False), ("t1", True)]
+    assert ended == [("t0", False), ("t1", True), ("t2", False)]
     assert events == ["trial newton_iters=1,cell=paragru stopped early at step 100  val_loss 2.5",
-                      "trial newton_iters=1,cell=paralstm failed  val_loss 3"]
-    assert board.finished() == 2
+                      "trial newton_iters=1,cell=paralstm failed  val_loss 3",
+                      "trial newton_iters=2,cell=paragru finished  val_loss 2.4"]
+    assert board.finished() == 3
     console = Console(width=150, record=True)
     console.print(display.board_table(board, list(plan.sweep.params)))
     text = console.export_text()
-    assert "100/300" in text and "terminated" in text and "paralstm" in text
+    assert "100/300" in text and "100/100" in text and "terminated" in text and "paralstm" in text
 
 
 def test_summary_table_marks_the_best(tmp_path):

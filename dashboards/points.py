@@ -30,6 +30,8 @@ class ScalingPoint:
     """Training FLOPs: per-token forward + backward (Newton iterations included) × tokens."""
     tokens: int
     metric: float
+    budget: float | None = None
+    """The trial's ``train.flops_budget`` (None when it set ``train.steps`` instead)."""
 
     def x(self, axis: str) -> float:
         return float(getattr(self, axis))
@@ -98,7 +100,7 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
             group=tuple((key, lookup(cfg, key)) for key in scaling.group_by),
             params=param_count(cfg.model, embeddings=False),
             flops=training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens,
-            tokens=tokens, metric=float(metric),
+            tokens=tokens, metric=float(metric), budget=cfg.train.flops_budget,
         ))  # fmt: skip
     points.sort(key=lambda p: (p.group, p.params, p.tokens))  # by group, then scale
     return parent, points, skipped

@@ -2,8 +2,9 @@
 
 The study is the sweep YAML itself; its ``scaling:`` section says what to fit (defaults:
 the sweep's metric against non-embedding parameters and training FLOPs, one fit over all
-trials). Re-running the command re-reads MLflow, so a sweep resumed or extended later is
-refitted from everything it has.
+trials). Trials that set ``train.flops_budget`` also get an IsoFLOP analysis
+(:mod:`paralab.dashboards.isoflop`). Re-running the command re-reads MLflow, so a sweep
+resumed or extended later is refitted from everything it has.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paralab.dashboards.isoflop import IsoFlopFit, fit_isoflop
 from paralab.dashboards.points import (
     ScalingError,
     ScalingPoint,
@@ -39,6 +41,9 @@ class ScalingStudy:
     skipped: list[tuple[str, str]]
     fits: dict[tuple[str, str], PowerLawFit | str] = field(default_factory=dict)
     """(group label, axis) → the fit, or why there is none."""
+    isoflop: dict[str, IsoFlopFit | str] = field(default_factory=dict)
+    """Group label → its IsoFLOP analysis, or why there is none; only for a study whose trials
+    set ``train.flops_budget``."""
     parent_run_id: str = ""
     tracking_uri: str = ""
     experiment: str = ""
@@ -62,6 +67,16 @@ def fit_study(study: ScalingStudy) -> None:
                 study.fits[(label, axis)] = fit_power_law(xs, [p.metric for p in points])
             except ValueError as err:
                 study.fits[(label, axis)] = str(err)
+        budgeted = [p for p in points if p.budget is not None]
+        if not budgeted:
+            continue
+        try:
+            study.isoflop[label] = fit_isoflop(
+                [p.budget for p in budgeted], [p.params for p in budgeted],
+                [p.tokens for p in budgeted], [p.metric for p in budgeted],
+            )  # fmt: skip
+        except ValueError as err:
+            study.isoflop[label] = str(err)
 
 
 def run_study(path: str, overrides: list[str], out: Path | None = None) -> ScalingStudy:
@@ -97,6 +112,8 @@ def run_study(path: str, overrides: list[str], out: Path | None = None) -> Scali
         "scaling.md": write_markdown(study, study.output_dir / "scaling.md"),
         "scaling.png": plots.plot_study(study, study.output_dir / "scaling.png"),
     }
+    if any(isinstance(fit, IsoFlopFit) for fit in study.isoflop.values()):
+        study.files["isoflop.png"] = plots.plot_isoflop(study, study.output_dir / "isoflop.png")
     study.artifact_dir = log_to_mlflow(client, study)
     return study
 
@@ -114,8 +131,12 @@ def write_json(study: ScalingStudy, path: Path) -> Path:
         ],
         "points": [
             {"run_id": p.run_id, "trial": p.label, "group": dict(p.group), "params": p.params,
-             "flops": p.flops, "tokens": p.tokens, study.metric: p.metric}
+             "flops": p.flops, "tokens": p.tokens, "flops_budget": p.budget, study.metric: p.metric}
             for p in study.points
+        ],
+        "isoflop": [
+            {"group": label, **(fit.to_dict() if isinstance(fit, IsoFlopFit) else {"error": fit})}
+            for label, fit in study.isoflop.items()
         ],
         "skipped": [{"trial": label, "reason": why} for label, why in study.skipped],
     }  # fmt: skip
@@ -142,6 +163,8 @@ def write_markdown(study: ScalingStudy, path: Path) -> Path:
             )
         else:
             lines.append(f"| {label} | {axis} | no fit: {fit} ||||||")
+    if study.isoflop:
+        lines += ["", *isoflop_markdown(study)]
     lines += ["", "## Points", "", f"| trial | group | params | FLOPs | tokens | {study.metric} |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for p in study.points:
@@ -153,6 +176,43 @@ def write_markdown(study: ScalingStudy, path: Path) -> Path:
     return path
 
 
+def isoflop_markdown(study: ScalingStudy) -> list[str]:
+    """The report's IsoFLOP section: the exponents per group, then every budget's optimum."""
+    lines = [
+        "## IsoFLOP: the compute-optimal size at each budget", "",
+        f"At each `train.flops_budget` C, a parabola of {study.metric} in ln(params) has its "
+        "vertex at the optimal size N_opt; D_opt is the tokens that size trains on at C. "
+        "Across budgets, N_opt ∝ C^a and D_opt ∝ C^b (Chinchilla's approach 2).", "",
+        "![IsoFLOP](isoflop.png)", "",
+        f"| group | a (N_opt ∝ C^a) | b (D_opt ∝ C^b) | frontier: {study.metric} at N_opt | budgets used |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for label, fit in study.isoflop.items():
+        if not isinstance(fit, IsoFlopFit):
+            lines.append(f"| {label} | no fit: {fit} ||||")
+        elif fit.params is None or fit.tokens is None:
+            lines.append(f"| {label} | no fit: {fit.reason} ||||")
+        else:
+            frontier = fit.frontier.formula("C") if fit.frontier is not None else "no fit"
+            lines.append(f"| {label} | {_exponent(fit.params)} | {_exponent(fit.tokens)} | "
+                         f"{frontier} | {len(fit.used)} of {len(fit.slices)} |")  # fmt: skip
+    lines += ["", f"| group | budget C | trials | N_opt | D_opt | {study.metric} at N_opt |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, fit in study.isoflop.items():
+        for s in fit.slices if isinstance(fit, IsoFlopFit) else []:
+            if s.params_opt is None:
+                lines.append(f"| {label} | {s.budget:.3g} | {s.n} | no optimum: {s.reason} |||")
+            else:
+                lines.append(f"| {label} | {s.budget:.3g} | {s.n} | {s.params_opt:.3g} | "
+                             f"{s.tokens_opt:.3g} | {s.metric_opt:.4f} |")  # fmt: skip
+    return lines
+
+
+def _exponent(line) -> str:
+    se = f" ± {line.exponent_stderr:.2g}" if line.exponent_stderr is not None else ""
+    return f"{line.exponent:.3f}{se}"
+
+
 def _metric_key(*parts: str) -> str:
     """An MLflow metric name from free text (letters, digits, _ - . / and spaces only)."""
     return ".".join(re.sub(r"[^\w\-./ ]", "_", part) for part in parts)
@@ -161,7 +221,8 @@ def _metric_key(*parts: str) -> str:
 def log_to_mlflow(client: Any, study: ScalingStudy) -> str:
     """The report's files under ``scaling/<UTC time>/`` of the sweep's parent run (a refit
     after the sweep grew never replaces an earlier report), and each fit's exponent and floor
-    as metrics, so studies can be compared in the MLflow UI. Returns the artifact folder."""
+    (and the IsoFLOP exponents) as metrics, so studies can be compared in the MLflow UI.
+    Returns the artifact folder."""
     import time
 
     folder = f"scaling/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
@@ -173,4 +234,12 @@ def log_to_mlflow(client: Any, study: ScalingStudy) -> str:
                 study.parent_run_id, _metric_key("scaling", label, axis, "alpha"), fit.alpha
             )
             client.log_metric(study.parent_run_id, _metric_key("scaling", label, axis, "E"), fit.E)
+    for label, fit in study.isoflop.items():
+        if isinstance(fit, IsoFlopFit) and fit.params is not None and fit.tokens is not None:
+            for name, line in (("params", fit.params), ("tokens", fit.tokens)):
+                key = _metric_key("scaling", label, "isoflop", f"{name}_exponent")
+                client.log_metric(study.parent_run_id, key, line.exponent)
+            if fit.frontier is not None:
+                key = _metric_key("scaling", label, "isoflop", "frontier_alpha")
+                client.log_metric(study.parent_run_id, key, fit.frontier.alpha)
     return folder

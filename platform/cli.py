@@ -224,17 +224,50 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         else:
             table.add_row(escape(label), axis, "[yellow]no fit[/]", "", "", "", "")
     console.print(table)
+    if study.isoflop:
+        console.print(_isoflop_table(study))
     for (label, axis), fit in study.fits.items():
         if not isinstance(fit, PowerLawFit):
             console.print(f"[yellow]no fit[/] for {escape(label)} against {axis}: {escape(fit)}",
                           soft_wrap=True)
     for label, why in study.skipped:
         console.print(f"[yellow]left out[/] {escape(label)}: {escape(why)}", soft_wrap=True)
-    console.print(f"report: {escape(str(study.files['scaling.md']))} (scaling.png, scaling.json "
-                  "beside it)", soft_wrap=True)
+    beside = ", ".join(name for name in study.files if name != "scaling.md")
+    console.print(f"report: {escape(str(study.files['scaling.md']))} ({beside} beside it)",
+                  soft_wrap=True)
     console.print(f"MLflow: artifacts {study.artifact_dir}/ of parent run {study.parent_run_id} in experiment "
                   f"{escape(study.experiment)} @ {escape(study.tracking_uri)}", soft_wrap=True)
     return 0
+
+
+def _isoflop_table(study) -> Table:
+    """Each budget's compute-optimal size and tokens, and the exponents of N_opt and D_opt."""
+    from paralab.dashboards.isoflop import IsoFlopFit
+
+    table = Table(title="IsoFLOP: compute-optimal size per budget (N_opt ∝ C^a, D_opt ∝ C^b)",
+                  title_justify="left")  # fmt: skip
+    for column in ("group", "budget C", "trials", "N_opt", "D_opt", study.metric):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for label, fit in study.isoflop.items():
+        if not isinstance(fit, IsoFlopFit):
+            table.add_row(escape(label), "", "", f"[yellow]no fit[/]: {escape(fit)}", "", "")
+            continue
+        for s in fit.slices:
+            if s.params_opt is None:
+                table.add_row(escape(label), f"{s.budget:.3g}", str(s.n),
+                              f"[yellow]none[/]: {escape(s.reason or '')}", "", "")  # fmt: skip
+            else:
+                table.add_row(escape(label), f"{s.budget:.3g}", str(s.n), f"{s.params_opt:.3g}",
+                              f"{s.tokens_opt:.3g}", f"{s.metric_opt:.4f}")  # fmt: skip
+        if fit.params is not None and fit.tokens is not None:
+            frontier = fit.frontier.formula("C") if fit.frontier is not None else ""
+            table.add_row(escape(label), "[bold]all[/]", str(len(fit.used)),
+                          f"a = {fit.params.exponent:.3f}", f"b = {fit.tokens.exponent:.3f}",
+                          escape(frontier))  # fmt: skip
+        else:
+            table.add_row(escape(label), "[bold]all[/]", "", f"[yellow]no exponents[/]: {escape(fit.reason or '')}",
+                          "", "")  # fmt: skip
+    return table
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -123,3 +123,32 @@ def test_error_text_with_brackets_is_printed_verbatim(tmp_path, capsys):
     assert main(["validate", str(path), "train.lr=[/src/gloo/pair.cc:537]"]) == 2
     err = capsys.readouterr().err
     assert "train.lr" in err and "[/src/gloo/pair.cc:537]" in err.replace("'", "").replace('"', "")
+
+
+def test_a_flops_budget_decides_the_steps(tmp_path):
+    """train.flops_budget buys round(budget / one step's FLOPs) steps, whatever train.steps
+    says; the derived steps survive the trip to Ray workers (to_dict, from_dict)."""
+    from paralab.models.flops import training_flops_per_token
+
+    path = write(tmp_path, """
+        model: {d_model: 32, n_layers: 1, heads: 2}
+        data: {seq_len: 64}
+        train: {batch_size: 8, workers: 1, steps: 7, flops_budget: 1.0e+11}
+    """)
+    cfg = load_experiment(path)
+    per_step = training_flops_per_token(cfg.model, 64) * 8 * 64
+    assert cfg.train.steps == round(1e11 / per_step) and cfg.train.steps != 7
+    assert from_dict(to_dict(cfg)).train.steps == cfg.train.steps
+    wider = load_experiment(path, ["model.d_model=64"])
+    assert wider.train.steps < cfg.train.steps  # the same budget buys a larger model fewer steps
+    assert load_experiment(path, ["train.flops_budget=null"]).train.steps == 7
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("1e3", "train.flops_budget=1e+03 is less than one optimizer step of this model"),
+     ("-1", "train.flops_budget must be > 0 or null, got -1.0")],
+)
+def test_a_bad_flops_budget_is_one_line(value, message):
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace(".", r"\.")):
+        load_experiment(None, [f"train.flops_budget={value}"])

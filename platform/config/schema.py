@@ -84,7 +84,11 @@ class TrainConfig:
     """The optimisation loop and how it is spread over workers."""
 
     steps: int = 1000
-    """Optimizer steps in the run."""
+    """Optimizer steps in the run; derived from `flops_budget` when that is set."""
+    flops_budget: float | None = None
+    """Training FLOPs to spend (forward + backward, every Newton iteration; the conventions of
+    `paralab.models.flops`). When set it decides `steps`: the budget over one step's FLOPs,
+    rounded. Swept together with the model's size, it makes an IsoFLOP study (docs/scaling.md)."""
     batch_size: int = 16
     """Sequences per optimizer step, summed over workers and accumulation micro-steps."""
     grad_accum: int = 1
@@ -150,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+        if self.flops_budget is not None and not self.flops_budget > 0:
+            raise ValueError(f"flops_budget must be > 0 or null, got {self.flops_budget}")
         if self.batch_size % (self.workers * self.grad_accum):
             raise ValueError(
                 f"batch_size={self.batch_size} must be divisible by workers*grad_accum="
@@ -416,3 +422,22 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):
             raise ValueError(f"name must be non-empty without slashes, got {self.name!r}")
+        if self.train.flops_budget is not None:
+            self.train.steps = budget_steps(self)
+
+
+def budget_steps(cfg: ExperimentConfig) -> int:
+    """Optimizer steps that spend ``train.flops_budget`` on this model, data and batch."""
+    from paralab.models.flops import training_flops_per_token  # late: torch, only when asked
+
+    budget = cfg.train.flops_budget
+    assert budget is not None
+    per_step = training_flops_per_token(cfg.model, cfg.data.seq_len) * cfg.train.batch_size * cfg.data.seq_len
+    steps = round(budget / per_step)
+    if steps < 1:
+        raise ValueError(
+            f"train.flops_budget={budget:.3g} is less than one optimizer step of this model "
+            f"({per_step:.3g} FLOPs at train.batch_size={cfg.train.batch_size}, "
+            f"data.seq_len={cfg.data.seq_len}); raise the budget or shrink the step"
+        )
+    return steps

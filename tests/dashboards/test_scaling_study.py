@@ -141,3 +141,67 @@ def test_real_sweep_then_scaling(tmp_path):
     assert len(doc["points"]) == 2 and not doc["skipped"]
     assert [p["params"] for p in doc["points"]] == sorted(p["params"] for p in doc["points"])
     assert {f["x"] for f in doc["fits"] if "alpha" in f} == {"params", "flops"}
+
+
+ISOFLOP = ROOT / "experiments" / "scaling" / "isoflop.yaml"
+ISOFLOP_OVERRIDES = ["sweep.params[train.flops_budget].values=[3e10,1e11,3e11]",
+                     "sweep.params[model.d_model].values=[16,24,32,48,64]", "data.seq_len=64"]
+
+
+def test_isoflop_study_finds_each_budgets_optimum(tmp_path):
+    """A budget × width sweep whose losses follow Chinchilla's law of each trial's exact size
+    and tokens: the report has every budget's optimum and the exponents, in all its files."""
+    from paralab.dashboards.isoflop import fit_isoflop
+
+    home = tmp_path / "home"
+    plan = plan_sweep(ISOFLOP, ISOFLOP_OVERRIDES)
+    client = mlflow_at(home)
+    exp_id = client.create_experiment(plan.experiment,
+                                      artifact_location=(home / ".paralab" / "mlartifacts").as_uri())
+    parent = client.create_run(exp_id, tags={SWEEP_TAG: plan.sweep_id, "paralab.kind": "sweep"})
+    rows = []
+    for values in plan.trials:
+        cfg = plan.trial_cfg(values)
+        n = param_count(cfg.model, embeddings=False)
+        d = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
+        loss = 1.69 + 406.4 * n**-0.34 + 410.7 * d**-0.28
+        rows.append((cfg.train.flops_budget, n, d, loss))
+        child = client.create_run(exp_id, tags={"mlflow.parentRunId": parent.info.run_id,
+                                                VALUES_TAG: json.dumps(values)})  # fmt: skip
+        client.log_metric(child.info.run_id, "val_loss", loss, step=cfg.train.steps)
+        client.set_terminated(child.info.run_id, "FINISHED")
+    # Each trial trained as many steps as its budget buys: fewer for wider models.
+    steps = {v["model.d_model"]: plan.trial_cfg(v).train.steps for v in plan.trials
+             if v["train.flops_budget"] == 1e11}  # fmt: skip
+    assert steps[16] > steps[32] > steps[64] > 1
+
+    proc = run_paralab(home, "scaling", str(ISOFLOP), *ISOFLOP_OVERRIDES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "IsoFLOP" in proc.stdout and "a = " in proc.stdout
+    (folder,) = (home / ".paralab" / "scaling").iterdir()
+    doc = json.loads((folder / "scaling.json").read_text())
+    (iso,) = doc["isoflop"]
+    expected = fit_isoflop(*zip(*rows))
+    assert [s["budget"] for s in iso["slices"]] == [3e10, 1e11, 3e11]
+    assert all(s["reason"] is None for s in iso["slices"]), iso["slices"]
+    assert iso["params"]["exponent"] == pytest.approx(expected.params.exponent, rel=1e-9)
+    assert iso["tokens"]["exponent"] == pytest.approx(expected.tokens.exponent, rel=1e-9)
+    # The law's optimum moves to larger models as the budget grows, and their tokens grow too.
+    assert 0.3 < iso["params"]["exponent"] < 0.7 and 0.3 < iso["tokens"]["exponent"] < 0.7
+    assert all(p["flops_budget"] in (3e10, 1e11, 3e11) for p in doc["points"])
+    report = (folder / "scaling.md").read_text()
+    assert "## IsoFLOP" in report and "![IsoFLOP](isoflop.png)" in report
+    assert (folder / "isoflop.png").stat().st_size > 10_000
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["scaling.all trials.isoflop.params_exponent"] == pytest.approx(
+        expected.params.exponent, rel=1e-9)
+    (artifacts,) = client.list_artifacts(parent.info.run_id, "scaling")
+    names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, artifacts.path)}
+    assert names == {"scaling.json", "scaling.md", "scaling.png", "isoflop.png"}
+
+
+def test_a_budget_too_small_for_one_step_is_one_line(tmp_path):
+    proc = run_paralab(tmp_path / "home", "sweep", str(ISOFLOP), "--dry-run",
+                       "sweep.params[train.flops_budget].values=[1e3]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train.flops_budget=1e+03 is less than one optimizer step" in proc.stderr

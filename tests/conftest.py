@@ -24,8 +24,8 @@ def _starts_ray(module: Path) -> bool:
 
 @pytest.hookimpl(optionalhook=True)  # pytest without xdist (benchmarks/gpu_check.sh) runs too
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under ``make test PYTEST_WORKERS=2`` (two pytest-xdist workers), the modules that hold Ray tests run on
-    one worker, in order, while the other worker takes every other test as it frees up.
+    """Under ``make test`` (two pytest-xdist workers), the modules that hold Ray tests run on one
+    worker, in order, while the other worker takes every other test as it frees up.
 
     Two local Ray clusters at once on 2 cores would each believe they own every core and
     starve each other; a Ray test mostly waits on processes starting, and the CPU-bound tests

@@ -555,8 +555,8 @@ def _settle_child(parent, sweep_id: str, trial_id: str, values: dict[str, Any],
     """Mark the child run of a trial that Tune stopped, and the step it stopped at.
 
     Called when Tune reports the trial complete: a run that finished on its own is already
-    FINISHED; any other was stopped, whether its dying actor marked it KILLED first, or
-    never got to mark it (RUNNING), or (before that actor kept its Tune session) FAILED."""
+    FINISHED; any other was stopped, whether its dying actor marked it KILLED first, never got
+    to mark it (RUNNING), or could not see the stop and marked it FAILED."""
     run = _child_of(_children(parent, sweep_id), trial_id, values, sweep_id)
     if run is not None and run.info.status in ("RUNNING", "FAILED", "KILLED"):
         if step is not None:

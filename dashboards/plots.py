@@ -51,11 +51,7 @@ def plot_study(study: ScalingStudy, path: Path) -> Path:
         ax.set_ylabel(study.metric)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{study.metric} ≈ E + A·x^(−α)   ({Path(study.path).name})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{study.metric} ≈ E + A·x^(−α)   ({Path(study.path).name})", path)
 
 
 def plot_isoflop(study: ScalingStudy, path: Path) -> Path:
@@ -115,7 +111,13 @@ def plot_isoflop(study: ScalingStudy, path: Path) -> Path:
         right.set_title(fit.reason or "compute-optimal allocation", fontsize=9)
         right.grid(True, which="both", alpha=0.3)
         right.legend(fontsize=8)
-    fig.suptitle(f"IsoFLOP analysis   ({Path(study.path).name})", fontsize=10)
+    return _save(fig, f"IsoFLOP analysis   ({Path(study.path).name})", path)
+
+
+def _save(fig, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,7 +3,8 @@
 The study is the sweep YAML itself; its ``scaling:`` section says what to fit (defaults:
 the sweep's metric against non-embedding parameters and training FLOPs, one fit over all
 trials). Trials that set ``train.flops_budget`` also get an IsoFLOP analysis
-(:mod:`paralab.dashboards.isoflop`). Re-running the command re-reads MLflow, so a sweep
+(:mod:`paralab.dashboards.isoflop`), and a group whose trials differ in tokens a joint fit of
+size and data (:mod:`paralab.dashboards.joint`). Re-running the command re-reads MLflow, so a sweep
 resumed or extended later is refitted from everything it has.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from paralab.dashboards.isoflop import IsoFlopFit, fit_isoflop
+from paralab.dashboards.joint import JointFit, fit_joint
 from paralab.dashboards.points import (
     ScalingError,
     ScalingPoint,
@@ -44,6 +46,9 @@ class ScalingStudy:
     isoflop: dict[str, IsoFlopFit | str] = field(default_factory=dict)
     """Group label → its IsoFLOP analysis, or why there is none; only for a study whose trials
     set ``train.flops_budget``."""
+    joint: dict[str, JointFit | str] = field(default_factory=dict)
+    """Group label → L(N, D) fitted to all its trials, or why not; only for a group whose
+    trials differ in tokens."""
     parent_run_id: str = ""
     tracking_uri: str = ""
     experiment: str = ""
@@ -67,6 +72,12 @@ def fit_study(study: ScalingStudy) -> None:
                 study.fits[(label, axis)] = fit_power_law(xs, [p.metric for p in points])
             except ValueError as err:
                 study.fits[(label, axis)] = str(err)
+        if len({p.tokens for p in points}) > 1:
+            try:
+                study.joint[label] = fit_joint([p.params for p in points], [p.tokens for p in points],
+                                               [p.metric for p in points])  # fmt: skip
+            except ValueError as err:
+                study.joint[label] = str(err)
         budgeted = [p for p in points if p.budget is not None]
         if not budgeted:
             continue
@@ -138,6 +149,10 @@ def write_json(study: ScalingStudy, path: Path) -> Path:
             {"group": label, **(fit.to_dict() if isinstance(fit, IsoFlopFit) else {"error": fit})}
             for label, fit in study.isoflop.items()
         ],
+        "joint": [
+            {"group": label, **(fit.to_dict() if isinstance(fit, JointFit) else {"error": fit})}
+            for label, fit in study.joint.items()
+        ],
         "skipped": [{"trial": label, "reason": why} for label, why in study.skipped],
     }  # fmt: skip
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
@@ -165,6 +180,8 @@ def write_markdown(study: ScalingStudy, path: Path) -> Path:
             lines.append(f"| {label} | {axis} | no fit: {fit} ||||||")
     if study.isoflop:
         lines += ["", *isoflop_markdown(study)]
+    if study.joint:
+        lines += ["", *joint_markdown(study)]
     lines += ["", "## Points", "", f"| trial | group | params | FLOPs | tokens | {study.metric} |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for p in study.points:
@@ -208,6 +225,26 @@ def isoflop_markdown(study: ScalingStudy) -> list[str]:
     return lines
 
 
+def joint_markdown(study: ScalingStudy) -> list[str]:
+    """The report's section on L(N, D) fitted to every trial of a group."""
+    lines = [
+        f"## Joint fit: {study.metric} ≈ E + A/N^α + B/D^β", "",
+        "N is non-embedding parameters and D training tokens; fitted to every trial of a group "
+        "with a Huber loss on log(metric) (Chinchilla's approach 3). Under C ∝ N·D it gives "
+        "N_opt ∝ C^(β/(α+β)) and D_opt ∝ C^(α/(α+β)).", "",
+        "| group | α | β | E | A | B | a = β/(α+β) | b = α/(α+β) | R² (log) | points |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for label, fit in study.joint.items():
+        if isinstance(fit, JointFit):
+            lines.append(f"| {label} | {fit.alpha:.3f} | {fit.beta:.3f} | {fit.E:.4g} | {fit.A:.4g} | "
+                         f"{fit.B:.4g} | {fit.params_exponent:.3f} | {fit.tokens_exponent:.3f} | "
+                         f"{fit.r2_log:.3f} | {fit.n} |")  # fmt: skip
+        else:
+            lines.append(f"| {label} | no fit: {fit} |||||||||")
+    return lines
+
+
 def _exponent(line) -> str:
     se = f" ± {line.exponent_stderr:.2g}" if line.exponent_stderr is not None else ""
     return f"{line.exponent:.3f}{se}"
@@ -221,7 +258,7 @@ def _metric_key(*parts: str) -> str:
 def log_to_mlflow(client: Any, study: ScalingStudy) -> str:
     """The report's files under ``scaling/<UTC time>/`` of the sweep's parent run (a refit
     after the sweep grew never replaces an earlier report), and each fit's exponent and floor
-    (and the IsoFLOP exponents) as metrics, so studies can be compared in the MLflow UI.
+    (and the IsoFLOP and joint-fit exponents) as metrics, so studies can be compared in the MLflow UI.
     Returns the artifact folder."""
     import time
 
@@ -242,4 +279,9 @@ def log_to_mlflow(client: Any, study: ScalingStudy) -> str:
             if fit.frontier is not None:
                 key = _metric_key("scaling", label, "isoflop", "frontier_alpha")
                 client.log_metric(study.parent_run_id, key, fit.frontier.alpha)
+    for label, fit in study.joint.items():
+        if isinstance(fit, JointFit):
+            for name in ("alpha", "beta", "E"):
+                key = _metric_key("scaling", label, "joint", name)
+                client.log_metric(study.parent_run_id, key, getattr(fit, name))
     return folder

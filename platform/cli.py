@@ -226,6 +226,8 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     console.print(table)
     if study.isoflop:
         console.print(_isoflop_table(study))
+    if study.joint:
+        console.print(_joint_table(study))
     for (label, axis), fit in study.fits.items():
         if not isinstance(fit, PowerLawFit):
             console.print(f"[yellow]no fit[/] for {escape(label)} against {axis}: {escape(fit)}",
@@ -267,6 +269,24 @@ def _isoflop_table(study) -> Table:
         else:
             table.add_row(escape(label), "[bold]all[/]", "", f"[yellow]no exponents[/]: {escape(fit.reason or '')}",
                           "", "")  # fmt: skip
+    return table
+
+
+def _joint_table(study) -> Table:
+    """L(N, D) per group, and the compute-optimal exponents it implies."""
+    from paralab.dashboards.joint import JointFit
+
+    table = Table(title=f"{study.metric} ≈ E + A/N^α + B/D^β (all trials; N_opt ∝ C^a, D_opt ∝ C^b)",
+                  title_justify="left")  # fmt: skip
+    for column in ("group", "α", "β", "E", "a", "b", "R² (log)", "points"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for label, fit in study.joint.items():
+        if isinstance(fit, JointFit):
+            table.add_row(escape(label), f"{fit.alpha:.3f}", f"{fit.beta:.3f}", f"{fit.E:.4g}",
+                          f"{fit.params_exponent:.3f}", f"{fit.tokens_exponent:.3f}",
+                          f"{fit.r2_log:.3f}", str(fit.n))  # fmt: skip
+        else:
+            table.add_row(escape(label), f"[yellow]no fit[/]: {escape(fit)}", "", "", "", "", "", "")
     return table
 
 

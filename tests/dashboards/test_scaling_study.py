@@ -70,6 +70,8 @@ def test_fits_each_group_to_its_law_and_records_everything(tmp_path):
         assert fit["A"] == pytest.approx(A, rel=1e-2)
         assert fits[(f"model.cell={cell}", "flops")]["r2_log"] > 0.99
     assert len(doc["points"]) == 9 and doc["skipped"][0]["reason"] == "stopped early at step 8"
+    # Every trial trains the same tokens: no joint fit of size and data, and no section for it.
+    assert doc["joint"] == [] and doc["isoflop"] == []
     report = (folder / "scaling.md").read_text()
     assert "| model.cell=paragru | params | 0.250" in report
     assert (folder / "scaling.png").stat().st_size > 10_000
@@ -195,6 +197,11 @@ def test_isoflop_study_finds_each_budgets_optimum(tmp_path):
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert metrics["scaling.all trials.isoflop.params_exponent"] == pytest.approx(
         expected.params.exponent, rel=1e-9)
+    # The same trials vary in size and tokens: the joint fit gets the law's own exponents back.
+    (joint,) = doc["joint"]
+    assert joint["alpha"] == pytest.approx(0.34, rel=1e-3) and joint["beta"] == pytest.approx(0.28, rel=1e-3)
+    assert "## Joint fit" in report and "| all trials | 0.340 | 0.280 |" in report
+    assert metrics["scaling.all trials.joint.beta"] == pytest.approx(0.28, rel=1e-3)
     (artifacts,) = client.list_artifacts(parent.info.run_id, "scaling")
     names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, artifacts.path)}
     assert names == {"scaling.json", "scaling.md", "scaling.png", "isoflop.png"}

@@ -101,9 +101,9 @@ def fit_budget(budget: float, params, tokens, metric) -> BudgetSlice:
         return BudgetSlice(budget, n, reason=f"{len(sizes)} model size(s); an optimum needs at least {MIN_SIZES}")
     best = int(np.argmin([metric[params == size].mean() for size in sizes]))
     if best in (0, len(sizes) - 1):
-        which = "smallest" if best == 0 else "largest"
+        which, more = ("smallest", "smaller") if best == 0 else ("largest", "larger")
         return BudgetSlice(budget, n, reason=f"the {which} size trained is best, so the optimum lies "
-                                             f"outside the sizes trained; add sizes beyond it")  # fmt: skip
+                                             f"outside the sizes trained; add {more} sizes")  # fmt: skip
     window = sizes[max(best - NEIGHBOURS, 0) : best + NEIGHBOURS + 1]
     near = np.isin(params, window)
     u = np.log(params)

@@ -71,8 +71,10 @@ def test_an_exact_parabola_gives_its_vertex():
     ("sizes", "metric", "reason"),
     [
         ([1e5, 1e6], [3.0, 2.9], "2 model size(s); an optimum needs at least 3"),
-        ([1e5, 1e6, 1e7], [3.0, 2.7, 2.5], "the largest size trained is best"),
-        ([1e5, 1e6, 1e7], [2.5, 2.7, 3.0], "the smallest size trained is best"),
+        ([1e5, 1e6, 1e7], [3.0, 2.7, 2.5], "the largest size trained is best, so the optimum lies "
+                                           "outside the sizes trained; add larger sizes"),
+        ([1e5, 1e6, 1e7], [2.5, 2.7, 3.0], "the smallest size trained is best, so the optimum lies "
+                                           "outside the sizes trained; add smaller sizes"),
         ([1e5, 1e6, 1e7, 1e8, 1e9], [1.0, 2.0, 0.9, 2.0, 1.0], "do not bend into a minimum"),
     ],
     ids=["two-sizes", "largest-best", "smallest-best", "noisy"],

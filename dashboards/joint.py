@@ -51,9 +51,6 @@ class JointFit:
         """b in D_opt ∝ C^b, for C ∝ N·D."""
         return self.alpha / (self.alpha + self.beta)
 
-    def formula(self) -> str:
-        return f"{self.E:.4g} + {self.A:.4g}/N^{self.alpha:.3g} + {self.B:.4g}/D^{self.beta:.3g}"
-
     def to_dict(self) -> dict:
         return {**asdict(self), "params_exponent": self.params_exponent,
                 "tokens_exponent": self.tokens_exponent}  # fmt: skip

@@ -19,6 +19,12 @@ from ray.tune import Callback
 DONE = ("TERMINATED", "ERROR")
 
 
+def at_last_step(result: dict[str, Any], base_steps: int) -> bool:
+    """Whether a trial's report is at its last step: its own ``steps`` (trials may train
+    different counts), else the base config's for a report that does not carry them."""
+    return "step" in result and int(result["step"]) >= int(result.get("steps", base_steps))
+
+
 @dataclass
 class TrialRow:
     trial_id: str
@@ -112,6 +118,6 @@ class BoardCallback(Callback):
         metric = result.get(board.metric)
         shown = f"{board.metric} {metric:.4g}" if isinstance(metric, (int, float)) else ""
         step = result.get("step")
-        stopped = how == "finished" and step is not None and step < result.get("steps", board.steps)
+        stopped = how == "finished" and step is not None and not at_last_step(result, board.steps)
         what = f"stopped early at step {step}" if stopped else how
         board.on_event(f"trial {label} {what}" + (f"  {shown}" if shown else ""))

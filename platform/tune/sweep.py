@@ -35,7 +35,7 @@ from paralab.platform.config.schema import ExperimentConfig, SweepConfig, projec
 from paralab.platform.identity import NON_SEMANTIC, code_version, drop_key, git_commit
 from paralab.platform.train.launch import LaunchError, check_data, init_ray
 from paralab.platform.tune import space as spaces
-from paralab.platform.tune.progress import Board, BoardCallback, active
+from paralab.platform.tune.progress import Board, BoardCallback, active, at_last_step
 from paralab.platform.tune.trial import (
     SWEEP_TAG,
     TRIAL_TAG,
@@ -84,7 +84,7 @@ class FinishingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get("step", 0) >= result.get("steps", self.final_step):
+        if action == self.STOP and at_last_step(result, self.final_step):
             return self.CONTINUE
         return action
 
@@ -492,7 +492,7 @@ def _outcome(plan: SweepPlan, trial, cut: bool = False) -> TrialOutcome:
     result = trial.last_result or {}
     step = int(result["step"]) if "step" in result else None
     metric = result.get(plan.sweep.metric)
-    finished = step is not None and step >= int(result.get("steps", plan.cfg.train.steps))
+    finished = at_last_step(result, plan.cfg.train.steps)
     if trial.status == "TERMINATED" and (finished or not cut):
         status = "FINISHED" if finished else "STOPPED"
     elif trial.status == "ERROR":

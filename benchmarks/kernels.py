@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -114,12 +115,13 @@ class Clock:
 
     def measure(self, fn, warmup: int | None = None, reps: int | None = None, target_ms=200.0):
         """(min ms, median ms, reps).  Without explicit counts, warm up twice and repeat as
-        often as fits in ``target_ms`` (3 to 50 times)."""
+        often as fits in ``target_ms`` (3 to 50 times), judged from the second call: the
+        first one includes Triton's JIT and autotuning."""
         if warmup is None:
-            first = self.once(fn)
             self.once(fn)
+            second = self.once(fn)
             warmup = 2
-            reps = reps or int(min(self.max_reps, max(3, target_ms / max(first, 1e-3))))
+            reps = reps or int(min(self.max_reps, max(3, target_ms / max(second, 1e-3))))
             reps = min(reps, self.max_reps)
         else:
             for _ in range(warmup):
@@ -130,13 +132,32 @@ class Clock:
 
 
 class Recorder:
-    def __init__(self, budget_s: float):
+    """The run's records, its time budget, and the share of it the current part may use.
+
+    ``on_record`` is called after every record (the script saves there), so a run killed
+    from outside loses at most the cell of work in flight."""
+
+    def __init__(self, budget_s: float, on_record=None):
         self.t0 = time.time()
         self.budget_s = budget_s
+        self.part_end = math.inf
+        self.on_record = on_record
         self.records: list[dict] = []
 
     def left(self) -> float:
-        return self.budget_s - (time.time() - self.t0)
+        """Seconds left to the current part: the run's budget, capped by the part's share."""
+        return min(self.budget_s - (time.time() - self.t0), self.part_end - time.time())
+
+    def start_part(self, share: float = 1.0) -> None:
+        """Let the next part use at most ``share`` of the time left, so that a slow part
+        (the paper setting's ``torch.compile``) cannot starve the ones after it."""
+        self.part_end = math.inf
+        self.part_end = time.time() + share * self.left()
+
+    def add(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self.on_record is not None:
+            self.on_record()
 
     def run(self, section: str, key: dict, fn, need_s: float = 5.0):
         """Run one benchmark cell; record its result dict, an error, or a skip."""
@@ -153,7 +174,7 @@ class Recorder:
                     import torch
 
                     torch.cuda.empty_cache()
-        self.records.append(rec)
+        self.add(rec)
         status = (
             "skipped"
             if "skipped" in rec
@@ -184,12 +205,16 @@ def max_errors(got, want) -> tuple[float, float]:
     return max_abs, max_abs / max(scale, 1e-30)
 
 
-# (absolute, relative-to-max) tolerance per dtype, scaled by sqrt(T), as in tests/kernels.
-TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 1.6e-2}
+# Tolerance (absolute, or relative to max|reference|) per input dtype: the rounding of the
+# outputs to that dtype, plus the accumulation error, which grows as sqrt(T).  Every kernel
+# accumulates in fp32 (fp64 for fp64), so a bf16 result's error is its final rounding and
+# does not grow with T: scaling 1.6e-2 by sqrt(8192) would pass any bf16 error below 145%.
+ROUNDING = {"float64": 0.0, "float32": 0.0, "bfloat16": 1.6e-2}
+ACCUMULATION = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 2e-5}
 
 
 def within(max_abs: float, rel: float, dtype_name: str, T: int) -> bool:
-    tol = TOLERANCE[dtype_name] * math.sqrt(T)
+    tol = ROUNDING[dtype_name] + ACCUMULATION[dtype_name] * math.sqrt(T)
     return math.isfinite(max_abs) and (max_abs <= tol or rel <= tol)
 
 
@@ -209,10 +234,14 @@ def correctness(rec: Recorder, torch, device, sizes: dict, fla):
     )
     from paralab.kernels.scan import linear_scan
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    # Inputs are drawn on the device: a CPU generator plus a copy costs minutes at these sizes.
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape, scale=1.0, dtype=torch.float32):
-        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype=dtype)
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=gen, device=device)
 
     B, T, N = sizes["scan"]
     for block in (False, True):
@@ -221,16 +250,12 @@ def correctness(rec: Recorder, torch, device, sizes: dict, fla):
 
                 def check_scan(block=block, reverse=reverse, dtype=dtype):
                     shape = (B, T, N, 2, 2) if block else (B, T, N)
-                    a = (
-                        (torch.rand(*shape, generator=gen) - 0.5)
-                        if block
-                        else (torch.rand(*shape, generator=gen) * 1.9 - 0.95)
-                    )
-                    a = a.to(device=device, dtype=dtype).requires_grad_()
+                    a = (uniform(*shape) - 0.5) if block else (uniform(*shape) * 1.9 - 0.95)
+                    a = a.to(dtype=dtype).requires_grad_()
                     b = rand(*((B, T, N, 2) if block else (B, T, N)), dtype=dtype).requires_grad_()
                     h0 = rand(*((B, N, 2) if block else (B, N)), dtype=dtype).requires_grad_()
                     out = linear_scan(a, b, h0, reverse=reverse, backend="triton")
-                    g = torch.randn(out.shape, generator=gen).to(out)
+                    g = rand(*out.shape, dtype=out.dtype)
                     grads = torch.autograd.grad(out, (a, b, h0), g)
                     ref_in = [x.detach().double().requires_grad_() for x in (a, b, h0)]
                     ref = linear_scan(*ref_in, reverse=reverse, backend="torch")
@@ -257,16 +282,8 @@ def correctness(rec: Recorder, torch, device, sizes: dict, fla):
 
             def check_newton(cell=cell, dtype=dtype):
                 p = rand(B, T, 3, N, dtype=dtype).requires_grad_()
-                A = (
-                    ((torch.rand(3, N, generator=gen) * 2 - 1) * 0.5)
-                    .to(device=device, dtype=dtype)
-                    .requires_grad_()
-                )
-                C = (
-                    ((torch.rand(2, N, generator=gen) * 2 - 1) * 0.5)
-                    .to(device=device, dtype=dtype)
-                    .requires_grad_()
-                )
+                A = ((uniform(3, N) * 2 - 1) * 0.5).to(dtype=dtype).requires_grad_()
+                C = ((uniform(2, N) * 2 - 1) * 0.5).to(dtype=dtype).requires_grad_()
                 h0 = rand(B, N, dtype=dtype).requires_grad_()
                 leaves = (p, A, h0) if cell == "gru" else (p, A, C, h0)
                 if cell == "gru":
@@ -275,7 +292,7 @@ def correctness(rec: Recorder, torch, device, sizes: dict, fla):
                 else:
                     fused = newton_lstm_fused(p, A, C, h0)
                     ref = newton_lstm_reference(p, A, C, h0)
-                g = torch.randn(fused.shape, generator=gen).to(fused)
+                g = rand(*fused.shape, dtype=fused.dtype)
                 gf = torch.autograd.grad(fused, leaves, g)
                 gr = torch.autograd.grad(ref, leaves, g)
                 names = (
@@ -312,7 +329,7 @@ def correctness(rec: Recorder, torch, device, sizes: dict, fla):
 
         def check_fla():
             x = rand(B, T, N)
-            g = -torch.rand(B, T, N, generator=gen).to(device)  # log decay
+            g = -uniform(B, T, N)  # log decay
             out = fla["chunk_hgrn"](x, g)
             out = out[0] if isinstance(out, tuple) else out
             ref = linear_scan(g.exp(), x, backend="triton")
@@ -353,10 +370,15 @@ def compiled_or_eager(torch, fn):
     return call
 
 
-def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: bool, fla):
-    """name -> (forward fn, forward+backward fn) for one cell and size.  Inputs are built
-    once, outside the timed region; the backward takes gradients of every input with
-    ``torch.autograd.grad`` (nothing accumulates across repetitions)."""
+def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: bool, fla,
+                 max_t: dict | None = None):  # fmt: skip
+    """name -> (forward fn, forward+backward fn) for one cell and size.
+
+    Inputs are drawn on the device, once, outside the timed region; the backward takes
+    gradients of every input with ``torch.autograd.grad`` (nothing accumulates across
+    repetitions).  Implementations whose ``max_t`` is below T are not built (their inputs
+    would only cost memory), nor fla's unless ``fla`` is given: its kernels do not depend on
+    the cell, so the grid times them once per size."""
     from paralab.kernels.newton import (
         gru_cell,
         lstm_cell,
@@ -365,77 +387,69 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
         newton_lstm_fused,
         newton_lstm_reference,
     )
+    from paralab.kernels.newton.common import newton_launch_config
     from paralab.kernels.scan.triton import scan_launch_config
 
-    # The per-iteration chunked path with the bare scan's time split, side by side with the
-    # default (every iteration in one launch wherever time is not split).
-    chunked_rows = scan_launch_config(B, T, N, True, device)["ROWS"]
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    leaf = lambda x: x.to(device).requires_grad_()
-    p = leaf(torch.randn(B, T, 3, N, generator=gen))
-    A = leaf((torch.rand(3, N, generator=gen) * 2 - 1) * 0.5)
-    C = leaf((torch.rand(2, N, generator=gen) * 2 - 1) * 0.5)
+    max_t = max_t or {}
+    wanted = lambda name: T <= max_t.get(name, T)
+    gen = torch.Generator(device=device).manual_seed(0)
+    randn = lambda *shape: torch.randn(*shape, generator=gen, device=device)
+    uniform = lambda *shape: torch.rand(*shape, generator=gen, device=device)
+    p = randn(B, T, 3, N).requires_grad_()
+    A = ((uniform(3, N) * 2 - 1) * 0.5).requires_grad_()
+    C = ((uniform(2, N) * 2 - 1) * 0.5).requires_grad_()
     weights = (A,) if cell == "gru" else (A, C)
     runners = {}
 
-    # Sequential: the step under torch.compile, looped over time in Python.  Its input is
-    # time-major so that every step sees the same contiguous [B, 3, N] slice, whatever T is
-    # (strides that change with T would make torch.compile recompile).
-    p_seq = leaf(torch.randn(T, B, 3, N, generator=gen))
-    step = gru_cell if cell == "gru" else lstm_cell
-    if compile_seq:
-        step = compiled_or_eager(torch, step)
+    if wanted("sequential"):
+        # The step under torch.compile, looped over time in Python.  Its input is time-major
+        # so that every step sees the same contiguous [B, 3, N] slice, whatever T is (strides
+        # that change with T would make torch.compile recompile).
+        p_seq = randn(T, B, 3, N).requires_grad_()
+        step = gru_cell if cell == "gru" else lstm_cell
+        if compile_seq:
+            step = compiled_or_eager(torch, step)
 
-    def sequential():
-        outs = []
-        if cell == "gru":
-            h = p_seq.new_zeros(B, N)
-            for t in range(T):
-                h = step(p_seq[t], A, h)
-                outs.append(h)
-        else:
-            s = p_seq.new_zeros(B, N, 2)
-            for t in range(T):
-                s = step(p_seq[t], A, C, s)
-                outs.append(s[..., 1])
-        return torch.stack(outs, 1)
+        def sequential():
+            outs = []
+            if cell == "gru":
+                h = p_seq.new_zeros(B, N)
+                for t in range(T):
+                    h = step(p_seq[t], A, h)
+                    outs.append(h)
+            else:
+                s = p_seq.new_zeros(B, N, 2)
+                for t in range(T):
+                    s = step(p_seq[t], A, C, s)
+                    outs.append(s[..., 1])
+            return torch.stack(outs, 1)
 
-    runners["sequential"] = (sequential, (p_seq, *weights))
-    if cell == "gru":
-        runners["parallel_torch"] = (
-            lambda: newton_gru_reference(p, A, scan_backend="torch"),
-            (p, A),
-        )
-        runners["parallel_triton"] = (
-            lambda: newton_gru_reference(p, A, scan_backend="triton"),
-            (p, A),
-        )
-        runners["fused_triton"] = (lambda: newton_gru_fused(p, A), (p, A))
+        runners["sequential"] = (sequential, (p_seq, *weights))
+
+    reference = newton_gru_reference if cell == "gru" else newton_lstm_reference
+    fused = newton_gru_fused if cell == "gru" else newton_lstm_fused
+    runners["parallel_torch"] = (lambda: reference(p, *weights, scan_backend="torch"), (p, *weights))
+    runners["parallel_triton"] = (lambda: reference(p, *weights, scan_backend="triton"), (p, *weights))
+    runners["fused_triton"] = (lambda: fused(p, *weights), (p, *weights))
+    # The per-iteration chunked path beside the default (every iteration in one launch
+    # wherever time is not split): time split as the bare scan splits it, or in two groups
+    # where that is one; left out where it is the default's split, which it would time twice.
+    chunked_rows = scan_launch_config(B, T, N, True, device)["ROWS"]
+    if math.ceil(T / chunked_rows) == 1:
+        chunked_rows = math.ceil(T / 2)
+    if newton_launch_config(p, chunked_rows, None)["G"] != newton_launch_config(p, None, None)["G"]:
         runners["fused_triton_chunked"] = (
-            lambda: newton_gru_fused(p, A, chunk_size=chunked_rows),
-            (p, A),
-        )
-    else:
-        runners["parallel_torch"] = (
-            lambda: newton_lstm_reference(p, A, C, scan_backend="torch"),
-            (p, A, C),
-        )
-        runners["parallel_triton"] = (
-            lambda: newton_lstm_reference(p, A, C, scan_backend="triton"),
-            (p, A, C),
-        )
-        runners["fused_triton"] = (lambda: newton_lstm_fused(p, A, C), (p, A, C))
-        runners["fused_triton_chunked"] = (
-            lambda: newton_lstm_fused(p, A, C, chunk_size=chunked_rows),
-            (p, A, C),
+            lambda: fused(p, *weights, chunk_size=chunked_rows), (p, *weights)
         )
 
-    rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(N, N, batch_first=True).to(device)
-    x = leaf(torch.randn(B, T, N, generator=gen))
-    runners["cudnn"] = (lambda: rnn(x)[0], (x, *rnn.parameters()))
+    if wanted("cudnn"):
+        rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(N, N, batch_first=True)
+        rnn = rnn.to(device)
+        x = randn(B, T, N).requires_grad_()
+        runners["cudnn"] = (lambda: rnn(x)[0], (x, *rnn.parameters()))
     if fla is not None:
-        xg = leaf(torch.randn(B, T, N, generator=gen))
-        gg = leaf(-torch.rand(B, T, N, generator=gen))  # log decays
+        xg = randn(B, T, N).requires_grad_()
+        gg = (-uniform(B, T, N)).requires_grad_()  # log decays
 
         def hgrn(kernel):
             def run():
@@ -451,9 +465,13 @@ def make_runners(torch, device, cell: str, B: int, T: int, N: int, compile_seq: 
             runners["fla_fused_recurrent_hgrn"] = (hgrn("fused_recurrent_hgrn"), (xg, gg))
 
     def with_backward(fwd, inputs):
+        cotangent = []  # made on the first call, outside the timed ones
+
         def run():
             out = fwd()
-            torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+            if not cotangent:
+                cotangent.append(torch.ones_like(out))
+            torch.autograd.grad(out, inputs, cotangent[0], allow_unused=True)
 
         return run
 
@@ -480,21 +498,21 @@ def time_cells(rec, clock, torch, device, cells, grid, ts, max_t, compile_seq, f
                 runners = {}
 
                 def build(cell=cell, B=B, T=T, N=N, runners=runners):
-                    runners.update(make_runners(torch, device, cell, B, T, N, compile_seq, fla))
+                    with_fla = fla if cell == cells[0] else None  # fla's time has no cell
+                    runners.update(
+                        make_runners(torch, device, cell, B, T, N, compile_seq, with_fla, max_t)
+                    )
                     return {}
 
                 r = rec.run("grid_setup", key, build)
                 if "error" in r or "skipped" in r:
                     continue
+                for name in max_t:
+                    rate = per_step.get((name, cell, B, N))
+                    if T > max_t[name] and rate:
+                        rec.add({"section": "grid", **key, "impl": name, "extrapolated": True,
+                                 "fwd_ms": rate[0] * T, "fwd_bwd_ms": rate[1] * T})  # fmt: skip
                 for name, (fwd, fwd_bwd) in runners.items():
-                    if name in max_t and T > max_t[name]:
-                        rate = per_step.get((name, cell, B, N))
-                        if rate:
-                            rec.records.append({
-                                "section": "grid", **key, "impl": name, "extrapolated": True,
-                                "fwd_ms": rate[0] * T, "fwd_bwd_ms": rate[1] * T,
-                            })  # fmt: skip
-                        continue
 
                     def timed(name=name, fwd=fwd, fwd_bwd=fwd_bwd, key=key):
                         f_min, f_med, f_n = clock.measure(fwd)
@@ -539,71 +557,92 @@ def time_paper_setting(
                 runners = make_runners(torch, device, cell, b, L, n, compile_seq, None)
                 out = {}
                 for name in PAPER_IMPLS:
+                    if name not in runners:  # fused_triton_chunked where it equals the default
+                        continue
                     fwd, fwd_bwd = runners[name]
-                    if warmup and name == "sequential":
-                        fwd_bwd()  # compile the step's backward before the warm-up count starts
-                    out[f"{name}_fwd_ms"] = clock.measure(fwd, warmup=warmup, reps=reps)[0]
-                    out[f"{name}_fwd_bwd_ms"] = clock.measure(fwd_bwd, warmup=warmup, reps=reps)[0]
+                    # One implementation's failure (an OOM, a compile error in the sequential
+                    # step's backward) must not lose the others' timings.
+                    try:
+                        if warmup and name == "sequential":
+                            fwd_bwd()  # compile the step's backward before the warm-up starts
+                        out[f"{name}_fwd_ms"] = clock.measure(fwd, warmup=warmup, reps=reps)[0]
+                        out[f"{name}_fwd_bwd_ms"] = clock.measure(
+                            fwd_bwd, warmup=warmup, reps=reps
+                        )[0]
+                    except Exception as e:
+                        out[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
                 for name in PAPER_IMPLS[1:]:
-                    out[f"speedup_{name}_fwd"] = out["sequential_fwd_ms"] / out[f"{name}_fwd_ms"]
-                    out[f"speedup_{name}_fwd_bwd"] = (
-                        out["sequential_fwd_bwd_ms"] / out[f"{name}_fwd_bwd_ms"]
-                    )
+                    for phase in ("fwd", "fwd_bwd"):
+                        seq, ours = out.get(f"sequential_{phase}_ms"), out.get(f"{name}_{phase}_ms")
+                        if seq and ours:
+                            out[f"speedup_{name}_{phase}"] = seq / ours
                 return out
 
             rec.run("paper_L512", key, run, need_s=30.0)
 
 
 def time_scans(rec, clock, torch, device, grid, ts, fla, peak):
+    """The bare scans, each size's inputs drawn once on the device and shared by every
+    implementation."""
     from paralab.kernels.scan import linear_scan
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    impls = {
+        "torch": lambda a, b: linear_scan(a, b, backend="torch"),
+        "triton": lambda a, b: linear_scan(a, b, backend="triton"),
+    }
+    if fla is not None:
+        # h_t = exp(g_t) h_{t-1} + x_t: fla takes (x, g) with g the log decay.
+        impls["fla_chunk_hgrn"] = lambda log_a, b: fla["chunk_hgrn"](b, log_a)[0]
+        if fla.get("fused_recurrent_hgrn") is not None:
+            impls["fla_fused_recurrent_hgrn"] = (
+                lambda log_a, b: fla["fused_recurrent_hgrn"](b, log_a)[0]
+            )
     for block in (False, True):
         for B, N in grid:
             for T in ts:
                 key = {"block": block, "B": B, "T": T, "N": N}
-                shape_a = (B, T, N, 2, 2) if block else (B, T, N)
-                shape_b = (B, T, N, 2) if block else (B, T, N)
-                impls = {
-                    "torch": lambda a, b: linear_scan(a, b, backend="torch"),
-                    "triton": lambda a, b: linear_scan(a, b, backend="triton"),
-                }
-                if fla is not None and not block:
-                    impls["fla_chunk_hgrn"] = lambda a, b: fla["chunk_hgrn"](b, a)[0]
-                    if fla.get("fused_recurrent_hgrn") is not None:
-                        impls["fla_fused_recurrent_hgrn"] = lambda a, b: fla[
-                            "fused_recurrent_hgrn"
-                        ](b, a)[0]
+                inputs: dict = {}
+
+                def build(block=block, B=B, T=T, N=N, inputs=inputs):
+                    shape_b = (B, T, N, 2) if block else (B, T, N)
+                    shape_a = shape_b[:3] + ((2, 2) if block else ())
+                    inputs["a"] = torch.rand(*shape_a, generator=gen, device=device) * 0.9
+                    inputs["b"] = torch.randn(*shape_b, generator=gen, device=device)
+                    inputs["g"] = torch.ones(*shape_b, device=device)  # the cotangent
+                    if fla is not None and not block:
+                        inputs["log_a"] = inputs["a"].clamp_min(1e-3).log()
+                    return {}
+
+                r = rec.run("scan_setup", key, build)
+                if "error" in r or "skipped" in r:
+                    continue
                 for name, fn in impls.items():
+                    if name.startswith("fla") and block:
+                        continue
 
-                    def timed(fn=fn, name=name, shape_a=shape_a, shape_b=shape_b):
-                        a = (torch.rand(*shape_a, generator=gen) * 0.9).to(device)
-                        if name.startswith("fla"):
-                            a = a.clamp_min(1e-3).log()  # fla takes log decays
-                        a.requires_grad_()
-                        b = torch.randn(*shape_b, generator=gen).to(device).requires_grad_()
+                    def timed(fn=fn, name=name, inputs=inputs):
+                        decay = inputs["log_a" if name.startswith("fla") else "a"]
+                        a = decay.detach().requires_grad_()
+                        b = inputs["b"].detach().requires_grad_()
                         f_min, _, f_n = clock.measure(lambda: fn(a, b))
-
-                        def fb():
-                            out = fn(a, b)
-                            out.backward(torch.ones_like(out))
-
-                        b_min, _, b_n = clock.measure(fb)
+                        b_min, _, b_n = clock.measure(
+                            lambda: torch.autograd.grad(fn(a, b), (a, b), inputs["g"])
+                        )
                         nbytes = (a.numel() + 2 * b.numel()) * 4  # read a, b; write h
-                        out = {
-                            "impl": name,
-                            "fwd_ms": f_min,
-                            "fwd_bwd_ms": b_min,
-                            "fwd_reps": f_n,
-                            "fwd_bwd_reps": b_n,
-                        }
                         gbs = nbytes / (f_min * 1e-3) / 1e9
-                        out["fwd_gbs"] = gbs
+                        out = {"impl": name, "fwd_ms": f_min, "fwd_bwd_ms": b_min,
+                               "fwd_reps": f_n, "fwd_bwd_reps": b_n, "fwd_gbs": gbs}  # fmt: skip
                         if peak:
                             out["fwd_pct_peak"] = 100 * gbs / peak
                         return out
 
                     rec.run("scan", {**key, "impl": name}, timed)
+                inputs.clear()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,14 +651,17 @@ def time_scans(rec, clock, torch, device, grid, ts, fla, peak):
 
 
 def fla_ratios(grid: list[dict]) -> dict:
-    """(cell, B, N, T) -> (fused fwd ms, fla single-pass HGRN fwd ms), where both ran."""
-    fwd = {
-        (r["cell"], r["B"], r["N"], r["T"], r["impl"]): r["fwd_ms"] for r in grid if "fwd_ms" in r
+    """(cell, B, N, T) -> (fused fwd ms, fla single-pass HGRN fwd ms), where both ran (fla
+    is timed once per size, in the first cell's rows)."""
+    fla = {
+        (r["B"], r["N"], r["T"]): r["fwd_ms"]
+        for r in grid
+        if r["impl"] == "fla_fused_recurrent_hgrn" and "fwd_ms" in r
     }
     return {
-        key[:4]: (ms, fwd[key[:4] + ("fla_fused_recurrent_hgrn",)])
-        for key, ms in fwd.items()
-        if key[4] == "fused_triton" and key[:4] + ("fla_fused_recurrent_hgrn",) in fwd
+        (r["cell"], r["B"], r["N"], r["T"]): (r["fwd_ms"], fla[r["B"], r["N"], r["T"]])
+        for r in grid
+        if r["impl"] == "fused_triton" and "fwd_ms" in r and (r["B"], r["N"], r["T"]) in fla
     }
 
 
@@ -662,11 +704,16 @@ def markdown(info: dict, records: list[dict]) -> str:
                     f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r.get('error', r.get('skipped'))[:80]} ||||||||"
                 )
                 continue
+            ms = lambda k, r=r: f"{r[k]:.3f}" if k in r else "—"
+            x = lambda k, r=r: f"{r[k]:.1f}x" if k in r else "—"
             lines.append(
-                f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r['warmup']}/{r['reps']} | {r['sequential_fwd_ms']:.3f} | {r['fused_triton_fwd_ms']:.3f} | "
-                f"{r['speedup_fused_triton_fwd']:.1f}x | {r['sequential_fwd_bwd_ms']:.3f} | {r['fused_triton_fwd_bwd_ms']:.3f} | "
-                f"{r['speedup_fused_triton_fwd_bwd']:.1f}x | {r['speedup_fused_triton_chunked_fwd']:.1f}x | {r['speedup_parallel_torch_fwd']:.1f}x |"
+                f"| {r['cell']} | {r['B']} | {r['N']} | {r['T']} | {r['warmup']}/{r['reps']} | {ms('sequential_fwd_ms')} | {ms('fused_triton_fwd_ms')} | "
+                f"{x('speedup_fused_triton_fwd')} | {ms('sequential_fwd_bwd_ms')} | {ms('fused_triton_fwd_bwd_ms')} | "
+                f"{x('speedup_fused_triton_fwd_bwd')} | {x('speedup_fused_triton_chunked_fwd')} | {x('speedup_parallel_torch_fwd')} |"
             )
+            failed = [k[: -len("_error")] for k in r if k.endswith("_error")]
+            if failed:
+                lines.append(f"| | | | | errors: {', '.join(failed)} (see results.json) ||||||||")
         lines.append("")
     grid = [r for r in records if r["section"] == "grid" and "impl" in r]
     if grid:
@@ -738,6 +785,9 @@ def markdown(info: dict, records: list[dict]) -> str:
                 f"| {kind} | {r['B']} | {r['N']} | {r['T']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {pct} |"
             )
         lines.append("")
+    for r in records:
+        if r["section"] == "part_error":
+            lines += [f"**Part `{r['part']}` stopped early:** {r['error'][:200]}", ""]
     errors = [r for r in records if "error" in r]
     lines += [f"{len(errors)} cells recorded an error (see results.json).", ""]
     return "\n".join(lines)
@@ -765,8 +815,9 @@ def main(argv=None) -> int:
         fla = None  # its kernels need a GPU
 
     if args.smoke:
-        # One T, not a multiple of any block: every code path, at the interpreter's pace.
-        ts, grid, budget, seq_max_t, cudnn_max_t = [24], [(1, 8)], 300.0, 24, 24
+        # One T, not a multiple of any block and over one tile (so that the chunked path has
+        # two groups): every code path, at the interpreter's pace.
+        ts, grid, budget, seq_max_t, cudnn_max_t = [72], [(1, 8)], 300.0, 72, 72
         sizes = {"scan": (1, 24, 5), "newton": (1, 24, 5), "seq_check_T": 24}
         paper_bn, paper_kw = (1, 8), {"L": 24, "counts": (1, 1), "sweep": [(1, 4)]}
     elif args.full:
@@ -822,26 +873,46 @@ def main(argv=None) -> int:
     def save():
         info["wall_s"] = round(time.time() - rec.t0, 1)
         info["sequential_compile_failures"] = COMPILE_FAILURES
-        (args.out / "results.json").write_text(
-            json.dumps({"info": info, "records": rec.records}, indent=1, default=str)
-        )
-        (args.out / "results.md").write_text(markdown(info, rec.records))
+        # Write then rename: a kill in the middle leaves the previous file, not half of one.
+        for name, text in (
+            ("results.json", json.dumps({"info": info, "records": rec.records}, indent=1,
+                                        default=str)),
+            ("results.md", markdown(info, rec.records)),
+        ):  # fmt: skip
+            tmp = args.out / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(args.out / name)
 
-    # Save after every part, so that a run cut short still leaves its results behind.
-    # Cheapest first: the scans' bandwidth and the fla comparison must not be starved by the
-    # paper setting's torch.compile of the sequential cells.
-    for part in (
-        lambda: correctness(rec, torch, device, sizes, fla),
-        lambda: time_scans(rec, clock, torch, device, grid[:1], ts, fla, peak),
-        lambda: time_paper_setting(
-            rec, clock, torch, device, cells, *paper_bn, compile_seq, **paper_kw
-        ),
-        lambda: time_cells(
-            rec, clock, torch, device, cells, grid, ts, max_t, compile_seq, fla, peak
-        ),
-    ):
-        part()
+    # Saved after every record; a kill from outside (gpu_check.sh's timeout) saves too.
+    rec.on_record = save
+
+    def on_term(signum, _frame):
+        info["killed_by_signal"] = signum
         save()
+        print(f"killed by signal {signum}: results so far in {args.out}", flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    # Cheapest first, each part capped at a share of the time left: the scans' bandwidth and
+    # the fla comparison must not be starved by the paper setting's torch.compile of the
+    # sequential cells, nor the grid by either.
+    parts = (
+        ("correctness", 1.0, lambda: correctness(rec, torch, device, sizes, fla)),
+        ("scan", 0.25, lambda: time_scans(rec, clock, torch, device, grid[:1], ts, fla, peak)),
+        ("paper_L512", 0.5, lambda: time_paper_setting(
+            rec, clock, torch, device, cells, *paper_bn, compile_seq, **paper_kw)),
+        ("grid", 1.0, lambda: time_cells(
+            rec, clock, torch, device, cells, grid, ts, max_t, compile_seq, fla, peak)),
+    )  # fmt: skip
+    for section, share, part in parts:
+        rec.start_part(share)
+        try:
+            part()
+        except Exception as e:  # a part that breaks outside its cells must not end the run
+            rec.add({"section": "part_error", "part": section, "error": f"{type(e).__name__}: {e}",
+                     "traceback": traceback.format_exc(limit=6)})  # fmt: skip
+    save()
     failed = [r for r in rec.records if r["section"] == "correctness" and r.get("pass") is False]
     errors = [r for r in rec.records if "error" in r]
     print(f"wrote {args.out}/results.json and results.md in {info['wall_s']} s; "

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,29 @@ def test_kernel_benchmark_smoke(tmp_path):
     paper = [r for r in records if r["section"] == "paper_L512"]
     assert all(r["speedup_fused_triton_fwd"] > 0 for r in paper)
     assert "## Paper setting" in (tmp_path / "results.md").read_text()
+    # Every size's inputs are drawn once and shared by the implementations timed on them.
+    assert {r["impl"] for r in records if r["section"] == "scan"} == {"torch", "triton"}
+
+
+def test_kernel_benchmark_keeps_its_results_when_killed(tmp_path):
+    """gpu_check.sh stops the benchmark with SIGTERM at its time limit: what was measured by
+    then must be on disk, not lost with the process."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    results = tmp_path / "results.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not results.exists():  # written after the first record
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    saved = json.loads(results.read_text())
+    assert saved["info"]["killed_by_signal"] == signal.SIGTERM
+    assert saved["records"] and saved["records"][0]["section"] == "correctness"
+    assert "## Correctness" in (tmp_path / "results.md").read_text()

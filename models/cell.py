@@ -32,7 +32,7 @@ from torch import nn
 from paralab.models.adjoint import NewtonRecurrence
 from paralab.models.config import ModelConfig
 from paralab.models.jacobian import STRUCTURES, derive_transition_and_jacobian
-from paralab.models.modes import resolve_mode
+from paralab.models.modes import check_mode, resolve_mode
 from paralab.models.newton import (
     NewtonSettings,
     NewtonStats,
@@ -71,6 +71,7 @@ class RecurrentCell(nn.Module):
             raise ValueError(f"jacobian_structure must be one of {STRUCTURES}")
         if d_in % heads or hidden % heads:
             raise ValueError(f"heads={heads} must divide d_in={d_in} and hidden={hidden}")
+        check_mode(mode)  # a typo fails here, not at the first forward
         self.d_in, self.hidden, self.heads = d_in, hidden, heads
         self.a_bound, self.mode = a_bound, mode
         self.newton = newton or NewtonSettings()

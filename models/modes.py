@@ -15,6 +15,7 @@ A bucket is (device, cell class, dtype, grad enabled, B, T and N rounded up to p
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -50,14 +51,29 @@ def clear_auto_choices() -> None:
     _auto_choices.clear()
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
 def resolve_mode(mode: str, cell: RecurrentCell, p: torch.Tensor) -> str:
     """Turn ``auto`` into a concrete mode for a call with projected input p ``[B, T, G, N]``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
+    if mode == "triton" and p.device.type != "cuda" and not _interpreting():
+        # Else Triton fails deep inside its launcher with "0 active drivers".
+        raise ValueError(
+            f"mode='triton' runs Triton kernels, which need a CUDA tensor (this one is on "
+            f"{p.device.type}) or TRITON_INTERPRET=1 set before paralab is imported (the CPU "
+            "interpreter, for tests); use mode='parallel' or 'auto' here"
+        )
     if mode != "auto":
         return mode
     if p.device.type == "cuda":

@@ -259,9 +259,10 @@ class NewtonGRUFn(torch.autograd.Function):
         A32 = A.float().contiguous()
         h0_32 = None if h0 is None else h0.float().contiguous()
         cfg = newton_launch_config(p, chunk_size, use_associative_scan)
-        if newton_iters == 0 or T == 0:
+        if newton_iters == 0 or p.numel() == 0:
             h = gru_cell(p.float(), A32, p.new_zeros((B, T, N), dtype=torch.float32))
-            # No iteration ran (empty residuals), or they ran on an empty sequence (zeros).
+            # No iteration ran (empty residuals), or they ran on no element (zeros): an
+            # empty T, B or N launches nothing.
             res = p.new_zeros(newton_iters, dtype=torch.float32)
         else:
             # Iterates alternate between two buffers; only the last one is kept.
@@ -299,13 +300,13 @@ class NewtonGRUFn(torch.autograd.Function):
         cfg = ctx.cfg
         grad_h = grad_h.contiguous()
         grad_p = torch.empty_like(p)
-        # With T = 0 no kernel runs: the per-program partial sums and grad_h0 must start at 0.
-        alloc = torch.empty if T > 0 else torch.zeros
+        # With an empty p no kernel runs: the per-program partial sums and grad_h0 must start at 0.
+        alloc = torch.empty if p.numel() else torch.zeros
         grad_a_part = alloc((B, cfg["G"], 3, N), device=p.device, dtype=torch.float32)
         grad_h0 = (
             None if h0_32 is None else alloc(h0_32.shape, device=p.device, dtype=torch.float32)
         )
-        if T > 0:
+        if p.numel():
             launch_chunked(
                 _gru_newton_bwd_kernel,
                 (p, A32, p if h0_32 is None else h0_32, h, grad_h, grad_p, grad_a_part,
@@ -344,7 +345,7 @@ def newton_gru_fused(
     Returns:
         h ``[B, T, N]`` in p's dtype (and the residuals); iterates and arithmetic are fp32.
         Gradients flow to p, A and h0 through the fused adjoint pass (once: double backward
-        raises).  T = 0 gives an empty h, zero residuals and zero gradients.
+        raises).  An empty T, B or N gives an empty h, zero residuals and zero gradients.
     """
     reject_fp64(p, A, h0)
     if p.dim() != 4 or p.shape[2] != 3 or A.shape != (3, p.shape[3]):

@@ -345,10 +345,11 @@ class NewtonLSTMFn(torch.autograd.Function):
         c0_32 = (zeros if c0 is None else c0.float()).contiguous() if has_s0 else None
         h0_32 = (zeros if h0 is None else h0.float()).contiguous() if has_s0 else None
         cfg = newton_launch_config(p, chunk_size, use_associative_scan)
-        if newton_iters == 0 or T == 0:
+        if newton_iters == 0 or p.numel() == 0:
             s = lstm_cell(p.float(), A32, C32, p.new_zeros((B, T, N, 2), dtype=torch.float32))
             c, h = s[..., 0].contiguous(), s[..., 1].contiguous()
-            # No iteration ran (empty residuals), or they ran on an empty sequence (zeros).
+            # No iteration ran (empty residuals), or they ran on no element (zeros): an
+            # empty T, B or N launches nothing.
             res = p.new_zeros(newton_iters, dtype=torch.float32)
         else:
             # Iterates alternate between two (c, h) buffers; only the last one is kept.
@@ -390,13 +391,13 @@ class NewtonLSTMFn(torch.autograd.Function):
         has_s0 = h0_32 is not None
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h.contiguous()
         grad_p = torch.empty_like(p)
-        # With T = 0 no kernel runs: the per-program partial sums and grad_s0 must start at 0.
-        alloc = torch.empty if T > 0 else torch.zeros
+        # With an empty p no kernel runs: the per-program partial sums and grad_s0 must start at 0.
+        alloc = torch.empty if p.numel() else torch.zeros
         grad_w_part = alloc((B, cfg["G"], 5, N), device=p.device, dtype=torch.float32)
         s0_shape = (B, N)
         grad_c0 = alloc(s0_shape, device=p.device, dtype=torch.float32) if has_s0 else None
         grad_h0 = alloc(s0_shape, device=p.device, dtype=torch.float32) if has_s0 else None
-        if T > 0:
+        if p.numel():
             launch_chunked(
                 _lstm_newton_bwd_kernel,
                 (p, A32, C32, *((c0_32, h0_32) if has_s0 else (p, p)), c, h,
@@ -444,7 +445,7 @@ def newton_lstm_fused(
         h ``[B, T, N]`` in p's dtype, then c if ``return_cell``, then the residuals if
         ``return_residuals``; a bare tensor when neither flag is set.  Gradients flow to p,
         A, C, h0 and c0 through the fused adjoint pass (once: double backward raises).
-        T = 0 gives empty outputs, zero residuals and zero gradients.
+        An empty T, B or N gives empty outputs, zero residuals and zero gradients.
     """
     reject_fp64(p, A, C, h0, c0)
     B, N = p.shape[0], p.shape[-1]

@@ -277,13 +277,15 @@ def test_fused_lstm_gradient_through_h_only(device):
         assert_close(f"grad_{name}", got, ref, torch.float32, 30)
 
 
+@pytest.mark.parametrize("B, T, N", [(2, 0, 70), (0, 5, 7), (2, 5, 0)], ids=["T=0", "B=0", "N=0"])
 @pytest.mark.parametrize("impl", ["sequential", "reference", "fused"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_empty_sequence(cell, impl, device):
-    """T = 0: empty outputs, and zero (not uninitialised) gradients for every input."""
-    inputs = make_cell_inputs(cell, 2, 0, 70, torch.float32, True, device)
+def test_empty_input(cell, impl, B, T, N, device):
+    """An empty T, B or N: empty outputs, and zero (not uninitialised) gradients for every
+    input."""
+    inputs = make_cell_inputs(cell, B, T, N, torch.float32, True, device)
     outs = run(cell, impl, inputs)
-    assert [o.shape for o in outs] == [(2, 0, 70)] * len(outs)
+    assert [o.shape for o in outs] == [(B, T, N)] * len(outs)
     leaves = leaves_of(inputs)
     if not any(o.requires_grad for o in outs):  # the loop's empty output is a constant
         return
@@ -295,13 +297,14 @@ def test_empty_sequence(cell, impl, device):
         assert torch.equal(grad, torch.zeros_like(leaf)), f"grad_{name} is not zero"
 
 
+@pytest.mark.parametrize("shape", [(2, 0, 5), (0, 5, 5), (2, 5, 0)], ids=["T=0", "B=0", "N=0"])
 @pytest.mark.parametrize("impl", ["reference", "fused"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_empty_sequence_residuals(cell, impl, device):
-    """An empty sequence has a zero residual at every one of the ``newton_iters`` iterates."""
+def test_empty_input_residuals(cell, impl, shape, device):
+    """An empty input has a zero residual at every one of the ``newton_iters`` iterates."""
     import paralab.kernels.newton as newton
 
-    x = make_cell_inputs(cell, 2, 0, 5, torch.float32, False, device)
+    x = make_cell_inputs(cell, *shape, torch.float32, False, device)
     args = (x["p"], x["A"]) if cell == "gru" else (x["p"], x["A"], x["C"])
     _, res = getattr(newton, f"newton_{cell}_{impl}")(*args, newton_iters=3, return_residuals=True)
     assert torch.equal(res.cpu(), torch.zeros(3))

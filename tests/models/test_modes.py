@@ -13,6 +13,7 @@ import torch
 from models_testing import assert_close, make_cell
 
 from paralab.models import modes
+from paralab.models.registry import get_cell
 
 
 @pytest.fixture
@@ -50,6 +51,18 @@ def test_explicit_modes_are_not_probed(monkeypatch):
         assert modes.resolve_mode(mode, cell, torch.randn(1, 4, 3, 8)) == mode
     with pytest.raises(ValueError, match="mode must be one of"):
         modes.resolve_mode("fast", cell, torch.randn(1, 4, 3, 8))
+
+
+def test_a_bad_mode_fails_when_the_cell_is_built():
+    with pytest.raises(ValueError, match="mode must be one of .* got 'fast'"):
+        get_cell("paragru")(4, 8, 1, mode="fast")
+
+
+def test_triton_mode_on_cpu_without_the_interpreter_says_what_it_needs(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cell = make_cell("paragru", 4, 8, 1, torch.float32)
+    with pytest.raises(ValueError, match="need a CUDA tensor .* TRITON_INTERPRET=1 .* use mode='parallel'"):
+        modes.resolve_mode("triton", cell, torch.randn(1, 4, 3, 8))
 
 
 def test_auto_on_cpu_gives_the_sequential_answer_and_leaves_grads_alone(fresh_choices):

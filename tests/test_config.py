@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from paralab.platform.cli import main
-from paralab.platform.config.load import ConfigError, from_dict, load_experiment, to_dict
+from paralab.platform.config.load import (
+    ConfigError,
+    _Loader,
+    from_dict,
+    load_experiment,
+    to_dict,
+)
 from paralab.platform.config.schema import ExperimentConfig
 
 
@@ -78,6 +88,24 @@ BAD = [
      ["sweep.params[train.lr]", "mapping", "values", "list"]),
     ("override-section-scalar", "", ["train=3"], ["train", "mapping", "int 3"]),
     ("override-bad-yaml", "", ["train.betas=[0.9"], ["'train.betas=[0.9'", "not valid YAML"]),
+    ("duplicate-section", "name: dup\ntrain:\n  lr: 0.5\ntrain:\n  steps: 5", [],
+     [":4:1:", "duplicate key train on lines 2 and 4"]),
+    ("duplicate-nested-key", "train:\n  lr: 0.5\n  steps: 3\n  lr: 0.1", [],
+     ["duplicate key train.lr on lines 2 and 4"]),
+    ("duplicate-flow-key", "model: {cell: paragru, d_model: 64, cell: paralstm}", [],
+     ["duplicate key model.cell on lines 1 and 1"]),
+    ("duplicate-sweep-param", "sweep:\n  params:\n    train.lr: {type: choice, values: [1]}\n"
+     "    train.lr: {type: grid, values: [2]}", [],
+     ["duplicate key sweep.params[train.lr] on lines 3 and 4"]),
+    ("override-duplicate-key", "", ["train={lr: 1, lr: 2}"], ["not valid YAML", "duplicate key lr"]),
+    ("list-expected", "scaling: {group_by: model.cell}", [],
+     ["scaling.group_by: expected a list, e.g. [model.cell]; got str 'model.cell'"]),
+    ("sweep-values-scalar", "sweep: {params: {train.lr: {type: choice, values: 0.001}}}", [],
+     ["sweep.params[train.lr].values: expected a list, e.g. [0.001]"]),
+    ("list-given-mapping", "train: {betas: {a: 0.9}}", [], ["train.betas: expected a list; got dict"]),
+    ("override-list-expected", "", ["train.betas=0.9"],
+     ["train.betas: expected a list, e.g. [0.9]; got float 0.9"]),
+    ("unsupported-value", "name: !!set {a: null}", [], ["name:", "set"]),
 ]
 
 
@@ -152,3 +180,98 @@ def test_a_flops_budget_decides_the_steps(tmp_path):
 def test_a_bad_flops_budget_is_one_line(value, message):
     with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace(".", r"\.")):
         load_experiment(None, [f"train.flops_budget={value}"])
+
+
+def test_the_reviewers_duplicate_key_case_fails_in_the_cli(tmp_path, capsys):
+    """PyYAML keeps the last of two `train:` sections; the first one's lr was silently lost."""
+    path = write(tmp_path, "name: dup\ntrain:\n  lr: 0.5\ntrain:\n  steps: 5\n", "dup.yaml")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}:4:1: invalid YAML: duplicate key train on lines 2 and 4"
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    """`<<: *anchor` then the same key is YAML's override idiom, not a duplicate."""
+    path = write(tmp_path, """
+        train:
+          <<: {steps: 5, lr: 0.5}
+          lr: 0.1
+    """)
+    cfg = load_experiment(path)
+    assert cfg.train.steps == 5 and cfg.train.lr == pytest.approx(0.1)
+
+
+# (YAML scalar, value it reads as): YAML 1.2 floats; ints, booleans and strings as before.
+SCALARS = [
+    ("1e-3", 1e-3), ("1E5", 1e5), (".5", 0.5), ("-.5", -0.5), ("-2.5e+4", -2.5e4),
+    ("1.5e3", 1500.0), ("3.0e-3", 3e-3), (".inf", math.inf), ("-.inf", -math.inf),
+    ("1", 1), ("1_000", 1000), ("0x1F", 31), ("-7", -7), ("true", True), ("yes", True),
+    ("off", False), ("2.60.0", "2.60.0"), ("e5", "e5"), ("1e", "1e"), ("'1e-3'", "1e-3"),
+    ("2024-05-01", "2024-05-01"),
+]
+
+
+@pytest.mark.parametrize("text,value", SCALARS, ids=[s[0] for s in SCALARS])
+def test_scalars_read_alike_in_files_and_overrides(tmp_path, text, value):
+    """`values: [1e-3]` is list[Any]: OmegaConf does not convert it, so the loader must."""
+    path = write(tmp_path, f"sweep: {{params: {{train.lr: {{type: choice, values: [{text}]}}}}}}")
+    from_file = load_experiment(path).sweep.params["train.lr"].values
+    from_override = load_experiment(None, [f"sweep.params[train.lr].values=[{text}]"])
+    for got in (from_file, from_override.sweep.params["train.lr"].values):
+        assert got == [value] and type(got[0]) is type(value), (text, got)
+
+
+def test_nan_is_a_float():
+    assert math.isnan(yaml.load("x: .nan", Loader=_Loader)["x"])
+
+
+def test_a_date_like_name_is_a_string(tmp_path):
+    """PyYAML made it a datetime.date, which OmegaConf refused with a traceback."""
+    assert load_experiment(write(tmp_path, "name: 2024-05-01")).name == "2024-05-01"
+    assert load_experiment(None, ["name=2024-05-01"]).name == "2024-05-01"
+
+
+def test_overrides_give_float_sweep_values():
+    cfg = load_experiment(None, ["sweep.params[train.lr].values=[1e-3,2e-3]"])
+    assert cfg.sweep.params["train.lr"].values == [1e-3, 2e-3]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "experiments").rglob("*.yaml"))
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(md, i, block) for md in DOCS
+          for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", md.read_text(), re.S))]
+
+
+def _agree(new: Any, old: Any) -> bool:
+    """Equal, except where YAML 1.1 read a float (`1e-3`) as a string."""
+    if isinstance(old, str) and isinstance(new, float):
+        return float(old) == new
+    if isinstance(old, dict):
+        return isinstance(new, dict) and old.keys() == new.keys() and all(_agree(new[k], old[k]) for k in old)
+    if isinstance(old, list):
+        return isinstance(new, list) and len(new) == len(old) and all(map(_agree, new, old))
+    return type(new) is type(old) and new == old
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT)) for p in SHIPPED])
+def test_shipped_experiments_load_as_before(path):
+    text = path.read_text()
+    assert _agree(yaml.load(text, Loader=_Loader), yaml.safe_load(text))
+    assert load_experiment(path).name
+
+
+@pytest.mark.parametrize("md,index,block", BLOCKS, ids=[f"{b[0].name}-{b[1]}" for b in BLOCKS])
+def test_documented_yaml_reads_as_before(tmp_path, md, index, block):
+    assert _agree(yaml.load(block, Loader=_Loader), yaml.safe_load(block))
+    if md.name == "README.md":  # the README's blocks are experiment files as they stand
+        assert load_experiment(write(tmp_path, block)).name
+
+
+def test_to_yaml_round_trips_float_like_strings(tmp_path):
+    """OmegaConf quotes '1e-3' when it writes YAML, so a best-trial YAML reads back the same."""
+    from paralab.platform.config.load import to_yaml
+
+    cfg = load_experiment(None, ["name='1e3'", "sweep.params[model.cell].values=['1e-3', -.5]"])
+    assert cfg.name == "1e3" and cfg.sweep.params["model.cell"].values == ["1e-3", -0.5]
+    assert load_experiment(write(tmp_path, to_yaml(cfg))) == cfg

@@ -7,6 +7,7 @@ the key path and what is allowed, so the CLI can print it and exit 2 without a t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,63 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else message
 
 
+_FLOAT = "tag:yaml.org,2002:float"
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3`, `1.5e3` and `-.5` as strings, which typed
+# fields convert but `list[Any]` (sweep values) keeps. Ints, booleans and `2.60.0` are unchanged.
+_FLOAT_1_2 = re.compile(r"""^(?:
+     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class _Loader(yaml.SafeLoader):
+    """``safe_load`` with YAML 1.2 floats, dates left as strings (OmegaConf has no date type,
+    and its own override parser reads them so), and duplicate keys refused."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, _FLOAT_1_2 if tag == _FLOAT else regexp) for tag, regexp in resolvers
+                if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._paths: dict[yaml.Node, str] = {}  # nested node -> its dotted key, for messages
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """PyYAML keeps the last of two equal keys, silently dropping the first's settings."""
+        path = self._paths.get(node, "")
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # `<<: *base` keys may be overridden; unhashable keys fail in PyYAML
+            key = self.construct_object(key_node, deep=True)
+            dotted = _key_path(path, key_node.value)  # as written
+            if key in seen:
+                lines = f"{seen[key].start_mark.line + 1} and {key_node.start_mark.line + 1}"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {dotted} on lines {lines}", key_node.start_mark
+                )
+            seen[key] = key_node
+            self._name(value_node, dotted)
+        return super().construct_mapping(node, deep=deep)
+
+    def _name(self, node: yaml.Node, path: str) -> None:
+        if node in self._paths or not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return  # a scalar, or an alias already named (aliases may be recursive)
+        self._paths[node] = path
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._name(item, f"{path}[{i}]")
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or _first_line(str(err))
+
+
 def _read_yaml(path: Path) -> DictConfig:
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
@@ -34,40 +92,40 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: is a directory, expected an experiment YAML file")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or _first_line(str(err))
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}{where}: invalid YAML: {_yaml_problem(err)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    return OmegaConf.create(raw)
+    try:
+        return OmegaConf.create(raw)
+    except OmegaConfBaseException as err:  # a value OmegaConf cannot hold: `!!set {a}`
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{path}:{f' {key}:' if key else ''} {_first_line(str(err))}") from None
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
+    """``KEY=VALUE`` items; values are read by the files' own YAML loader, so ``1e-3`` is a
+    float in both."""
+    layer = OmegaConf.create()
     for item in overrides:
-        key, sep, _ = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"overrides: {item!r} is not KEY=VALUE, e.g. train.lr=3e-4")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"overrides: {_first_line(str(err))}") from None
-    except yaml.YAMLError as err:  # the value is parsed as YAML: "train.betas=[0.9"
-        item = next((o for o in overrides if _bad_value(o)), "")
-        problem = getattr(err, "problem", None) or _first_line(str(err))
-        raise ConfigError(f"overrides: {item!r}: the value is not valid YAML ({problem})") from None
-
-
-def _bad_value(item: str) -> bool:
-    try:
-        yaml.safe_load(item.partition("=")[2])
-    except yaml.YAMLError:
-        return True
-    return False
+        try:
+            parsed = yaml.load(value, Loader=_Loader)
+        except yaml.YAMLError as err:  # "train.betas=[0.9"
+            problem = _yaml_problem(err)
+            raise ConfigError(f"overrides: {item!r}: the value is not valid YAML ({problem})") from None
+        try:
+            OmegaConf.update(layer, key, parsed)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"overrides: {_first_line(str(err))}") from None
+    return layer
 
 
 def _to_objects(merged: DictConfig, source: str) -> ExperimentConfig:
@@ -127,7 +185,8 @@ def _key_path(parent: str, key: Any) -> str:
 
 def _check_mappings(tp: Any, value: Any, path: str, source: str) -> None:
     """Where the schema has a section (a dataclass, or a dict of them), the layer must give a
-    mapping. OmegaConf would fail on anything else with a message that names no key."""
+    mapping, and where it has a list, a list. OmegaConf would fail on anything else with a
+    message that names no key ("AnyNode is not a ListConfig")."""
     if value is None or (isinstance(value, str) and value.startswith("${")):
         return
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -143,6 +202,10 @@ def _check_mappings(tp: Any, value: Any, path: str, source: str) -> None:
         for key in value:
             if key in hints:
                 _check_mappings(hints[key], value[key], _key_path(path, key), source)
+    elif typing.get_origin(tp) in (list, tuple):
+        if not (OmegaConf.is_list(value) or isinstance(value, (list, tuple))):
+            example = "" if is_mapping else f", e.g. [{value}]"
+            raise ConfigError(f"{source}: {path}: expected a list{example}; got {_shown(value)}")
     elif typing.get_origin(tp) is dict:
         item_type = typing.get_args(tp)[1]
         if not is_mapping:

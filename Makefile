@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.paralab-installed
 # torch comes first, pinned, from PyPI unless TORCH_INDEX names another index. On Linux,
 # PyPI's wheel is a CUDA build; for a CPU-only machine use
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu (or .../whl/cu128 for a given CUDA build).
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (or .../whl/cu130 for a given CUDA build; torch 2.13 has cu126 and cu130).
 # The install stamp depends only on pyproject.toml: run `make clean-venv` before changing TORCH_INDEX.
 TORCH_INDEX ?=
 TORCH_VERSION := 2.13.0

@@ -73,9 +73,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.file, args.overrides)
     if cfg.sweep is not None:
-        from paralab.platform.tune import check_params
+        from paralab.platform.tune import plan_sweep
 
-        check_params(args.file, args.overrides, cfg.sweep)
+        # Everything `paralab sweep` checks before it starts: the spaces, the metric, the
+        # scheduler, and the scaling section's keys.
+        plan_sweep(args.file, args.overrides)
     console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
     console.print(f"[green]valid[/]: {args.file} (run identity {run_identity(cfg)})")
     return 0

@@ -17,7 +17,7 @@ INTERRUPTED = 130
 
 
 def sweep_command(args: argparse.Namespace, console: Console, err_console: Console) -> int:
-    from paralab.platform.train.launch import local_resources
+    from paralab.platform.train.launch import LaunchError, local_resources
     from paralab.platform.tune import display
     from paralab.platform.tune.progress import Board
     from paralab.platform.tune.sweep import concurrency, plan_sweep, run_sweep
@@ -25,8 +25,13 @@ def sweep_command(args: argparse.Namespace, console: Console, err_console: Conso
     plan = plan_sweep(args.file, args.overrides)
     if args.dry_run:
         cpus, gpus = local_resources()
-        at_once = None if os.environ.get("RAY_ADDRESS") else concurrency(plan, cpus, gpus)
-        console.print(display.plan_table(plan, cpus, gpus, at_once))
+        at_once, misfit = None, None
+        if not os.environ.get("RAY_ADDRESS"):
+            try:
+                at_once = concurrency(plan, cpus, gpus)
+            except LaunchError as err:  # still a plan worth seeing: it is for a cluster
+                misfit = str(err)
+        console.print(display.plan_table(plan, cpus, gpus, at_once, misfit))
         return 0
 
     board = Board(plan.sweep.metric, len(plan.trials), plan.cfg.train.steps)

@@ -27,7 +27,8 @@ def _styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status.lower()}[/]"
 
 
-def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None) -> Group:
+def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None,
+               misfit: str | None = None) -> Group:  # fmt: skip
     """``--dry-run``: every trial with its values, and what the sweep needs to run."""
     sweep = plan.sweep
     title = (f"[bold]paralab sweep {plan.name}[/]: {len(plan.trials)} trial(s), search "
@@ -55,8 +56,11 @@ def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None) -
     notes.append(f"each trial: {plan.per_trial.describe()} for its Ray Train workers, plus a "
                  "trial driver that takes no CPU")
     where = f"this machine's {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
-    notes.append(f"up to {at_once} trial(s) at a time on {where}" if at_once else
-                 "on $RAY_ADDRESS: as many at a time as the cluster fits")
+    if misfit:  # a plan for a cluster, dry-run on a laptop
+        notes.append(f"[yellow]not on this machine[/]: {misfit}")
+    else:
+        notes.append(f"up to {at_once} trial(s) at a time on {where}" if at_once else
+                     "on $RAY_ADDRESS: as many at a time as the cluster fits")
     if sweep.time_budget_s:
         notes.append(f"time budget {sweep.time_budget_s:g} s")
     return Group(title, table, *notes)

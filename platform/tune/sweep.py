@@ -166,7 +166,20 @@ def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     plan.per_trial = _largest_trial(plan)
     _refuse_pbt(plan)
     _check_metric(path, cfg)
+    _check_scaling_keys(path, cfg)
     return plan
+
+
+def _check_scaling_keys(path: str | Path, cfg: ExperimentConfig) -> None:
+    """A typo in ``scaling.group_by`` would otherwise surface in ``paralab scaling``, after
+    every trial has trained."""
+    from paralab.dashboards.points import lookup
+
+    for key in cfg.scaling.group_by if cfg.scaling is not None else ():
+        try:
+            lookup(cfg, key)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
 
 EVAL_METRICS = ("val_loss", "val_ppl")
@@ -215,9 +228,12 @@ def concurrency(plan: SweepPlan, cpus: float, gpus: float) -> int:
         fit = min(fit, math.floor(gpus / need.gpus + 1e-9))
     if fit < 1:
         gpu = f" and {gpus:g} GPUs" if need.gpus else ""
+        advice = ("run it on a cluster with GPUs (`paralab submit --sweep`, or RAY_ADDRESS) or "
+                  "set train.use_gpu=false") if need.gpus > gpus else (
+                  "lower train.workers or train.cpus_per_worker")  # fmt: skip
         raise LaunchError(
             f"one trial needs {need.describe()} but this Ray cluster has {cpus:g} CPUs{gpu}; "
-            "lower train.workers or train.cpus_per_worker"
+            f"{advice}"
         )
     wanted = plan.sweep.max_concurrent_trials
     return min(wanted, fit) if wanted else fit

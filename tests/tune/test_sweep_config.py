@@ -15,10 +15,19 @@ from paralab_testing import ROOT, empty_mlflow_store, run_paralab
 from paralab.platform.cli import main
 from paralab.platform.config.load import ConfigError, load_experiment
 from paralab.platform.config.schema import SearchConfig, SpaceConfig, SweepConfig
-from paralab.platform.tune import expand, optuna_suggestions, plan_sweep, sweep_id, trial_label
+from paralab.platform.train.launch import LaunchError
+from paralab.platform.tune import (
+    concurrency,
+    expand,
+    optuna_suggestions,
+    plan_sweep,
+    sweep_id,
+    trial_label,
+)
 from paralab.platform.tune.space import apply
 
 SWEEPS = ROOT / "experiments" / "sweeps"
+SCALING = ROOT / "experiments" / "scaling" / "cells.yaml"
 
 BAD_SPACES = {
     "unknown-key": ("train.lrr: {type: grid, values: [0.1]}",
@@ -146,9 +155,38 @@ def test_dry_run_of_overridden_grid_and_resources(capsys):
 
 
 def test_a_trial_too_big_for_the_machine(capsys):
-    assert main(["sweep", str(SWEEPS / "scale.yaml"), "train.workers=64",
-                 "train.batch_size=64", "--dry-run"]) == 2
-    assert "one trial needs 64 worker(s), 64 CPU" in capsys.readouterr().err
+    """The sweep refuses to start; its dry run still lists the plan, which is for a cluster."""
+    overrides = ["train.workers=64", "train.batch_size=64"]
+    plan = plan_sweep(SWEEPS / "scale.yaml", overrides)
+    with pytest.raises(LaunchError, match="one trial needs 64 worker.*lower train.workers"):
+        concurrency(plan, cpus=2, gpus=0)
+    assert main(["sweep", str(SWEEPS / "scale.yaml"), *overrides, "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not on this machine: one trial needs 64 worker(s), 64 CPU" in out
+
+
+def test_a_gpu_sweep_dry_runs_on_a_laptop_and_says_where_it_fits(capsys):
+    overrides = ["train.use_gpu=true", "train.workers=4", "model.mode=triton"]
+    plan = plan_sweep(SWEEPS / "newton_iters.yaml", overrides)
+    with pytest.raises(LaunchError, match=r"4 GPU .* 0 GPUs; run it on a cluster with GPUs"):
+        concurrency(plan, cpus=16, gpus=0)
+    assert concurrency(plan, cpus=16, gpus=8) == 2
+    assert main(["sweep", str(SWEEPS / "newton_iters.yaml"), *overrides, "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "8 trial(s)" in out and "not on this machine" in out and "paralab submit --sweep" in out
+
+
+@pytest.mark.parametrize("path, override, message", [
+    (SWEEPS / "lr.yaml", "sweep.metric=val_los", "sweep.metric='val_los' is not a reported metric"),
+    (SWEEPS / "lr.yaml", "sweep.scheduler.type=pbt", "sweep.scheduler.type=pbt cannot run yet"),
+    (SCALING, "scaling.group_by=[model.cel]", "scaling.group_by: 'model.cel' is not an experiment key"),
+], ids=["metric", "pbt", "group-by"])  # fmt: skip
+def test_validate_checks_all_that_sweep_checks(path, override, message, capsys):
+    """`paralab validate` saying "valid" means `paralab sweep` and `paralab scaling` will not
+    refuse the file later, after trials have trained."""
+    assert main(["validate", str(path), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
 
 
 def test_random_search_is_seeded():

@@ -2,14 +2,14 @@
 
 An entry is complete once its `meta.json` exists: uploads write the shards first and
 `meta.json` last, and downloads read `meta.json` first and check the shard sizes against it.
-The endpoint comes from the `endpoint_url` argument, else env `AWS_ENDPOINT_URL` (MinIO,
-SeaweedFS, ...); credentials come from boto3's usual chain.
+The endpoint and region are resolved as for storage (``S3Settings``): the arguments (the
+run's `storage.endpoint_url` and `storage.region`), else env `AWS_ENDPOINT_URL_S3`, then
+`AWS_ENDPOINT_URL` (MinIO, SeaweedFS, ...); credentials come from boto3's usual chain.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,12 @@ class S3Mirror:
         self.uri = uri
         self.bucket, self.prefix = parse_s3_uri(uri)
         if client is None:
-            import boto3
+            from paralab.platform.config.schema import StorageConfig
+            from paralab.platform.storage.settings import s3_client
 
-            client = boto3.client(
-                "s3",
-                endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-                region_name=region,
-            )
+            # The same endpoint, region and addressing as the run's checkpoints, so that shards
+            # and checkpoints never land on two different servers.
+            client = s3_client(StorageConfig(endpoint_url=endpoint_url, region=region))
         self.client = client
 
     def _object(self, key: str, name: str) -> str:

@@ -165,7 +165,7 @@ def prepare(cfg: DataConfig, cache_root: str | os.PathLike[str] | None = None, *
             defaults to :func:`default_cache_root`. With an ``s3://`` `cfg.cache_dir` it is
             where this machine keeps its copy.
         endpoint_url, region: S3 endpoint and region for an ``s3://`` cache (default: env
-            `AWS_ENDPOINT_URL` and boto3's region chain).
+            `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`, and boto3's region chain).
         progress: called with :class:`Progress` reports while tokenizing or transferring.
 
     Returns:

@@ -328,7 +328,8 @@ def launch(
     plan = plan_run(cfg, restart=restart, create_bucket=create_bucket)
     # Everything that can fail on bad input fails here, before a run is recorded anywhere.
     on_event("preparing data")
-    data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, progress=on_data)
+    data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region,
+                   progress=on_data)
     check_data(cfg, data)
     check_same_data(plan, data.key)
     if plan.resumed_from == cfg.train.steps:

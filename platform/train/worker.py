@@ -74,7 +74,8 @@ def _maybe_inject_fault(step: int, rank: int) -> None:
 def train_fn(config: dict[str, Any]) -> None:
     cfg = from_dict(config["experiment"])
     run = config["run"]
-    data = load_prepared(cfg.data, run["data_key"], endpoint_url=cfg.storage.endpoint_url)
+    data = load_prepared(cfg.data, run["data_key"], endpoint_url=cfg.storage.endpoint_url,
+                         region=cfg.storage.region)
     trainer = Trainer(cfg, data, RayHooks(run))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

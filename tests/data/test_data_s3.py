@@ -23,6 +23,7 @@ def bucket(monkeypatch):
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="paralab")
@@ -88,10 +89,25 @@ def test_missing_entry_and_bucket(bucket, cfg, tmp_path):
 
 def test_endpoint_from_argument_or_env(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
     assert S3Mirror("s3://b/p").client.meta.endpoint_url == "http://127.0.0.1:8333"
-    explicit = S3Mirror("s3://b/p", endpoint_url="http://127.0.0.1:9000")
+    explicit = S3Mirror("s3://b/p", endpoint_url="http://127.0.0.1:9000", region="eu-west-1")
     assert explicit.client.meta.endpoint_url == "http://127.0.0.1:9000"
+    assert explicit.client.meta.region_name == "eu-west-1"
+
+
+def test_shards_go_where_checkpoints_go(monkeypatch):
+    """The S3-specific endpoint wins over the generic one for the data cache as for storage:
+    else shards and checkpoints would land on two different servers."""
+    from paralab.platform.storage.settings import S3Settings
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    mirror = S3Mirror("s3://b/p")
+    assert mirror.client.meta.endpoint_url == S3Settings.from_config().endpoint_url
+    assert mirror.client.meta.endpoint_url == "http://127.0.0.1:9000"
 
 
 def test_parse_s3_uri():

@@ -74,6 +74,18 @@ def job_address(address: str | None) -> str:
     )
 
 
+def _relative_store(uri: str) -> bool:
+    """Whether an MLflow tracking URI names a relative path: ``sqlite:///runs.db``,
+    ``file:./mlruns`` or a bare ``mlruns`` (MLflow takes a plain path as a file store)."""
+    if uri.startswith("databricks"):  # `databricks`, `databricks://profile`: hosted
+        return False
+    if uri.startswith("sqlite:"):
+        return not uri.startswith("sqlite:////")
+    if uri.startswith("file:"):
+        return not Path(uri.removeprefix("file:").removeprefix("//")).is_absolute()
+    return "://" not in uri and not Path(uri).is_absolute()
+
+
 def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config with tracking and storage locations made explicit, or SubmitError."""
     tracking = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -83,10 +95,11 @@ def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
             "tracking.uri=http://mlflow.internal:5000 (the default SQLite file would live in "
             "the job's temporary working directory)"
         )
-    if tracking.startswith("sqlite:///") and not tracking.startswith("sqlite:////"):
+    if _relative_store(tracking):
         raise SubmitError(
             f"tracking.uri: {tracking!r} is relative to the job's temporary working "
-            "directory; use an MLflow server, or sqlite://// with an absolute path"
+            "directory; use an MLflow server, or an absolute path on a filesystem the cluster "
+            "shares (sqlite:////shared/mlflow.db, file:///shared/mlruns)"
         )
     storage = cfg.storage.uri or os.environ.get("PARALAB_STORAGE", "")
     local = storage.removeprefix("file://")

@@ -25,6 +25,7 @@ from paralab_testing import QUICKSTART, run_paralab, runs_of
 from paralab.platform.jobs.submit import (
     Submission,
     SubmitError,
+    _relative_store,
     plan_submission,
     submit_when_agent_is_up,
 )
@@ -56,6 +57,26 @@ def test_refusals_are_one_line_and_exit_2(extra, message, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1
+
+
+@pytest.mark.parametrize("uri, relative", [
+    ("sqlite:///runs.db", True), ("sqlite:////shared/mlflow.db", False),
+    ("file:./mlruns", True), ("file:mlruns", True), ("mlruns", True),
+    ("file:///shared/mlruns", False), ("/shared/mlruns", False),
+    ("http://mlflow:5000", False), ("https://mlflow.example.com", False), ("databricks", False),
+])  # fmt: skip
+def test_a_tracking_store_the_job_would_lose_is_found(uri, relative):
+    """A relative store lives in the job's temporary working directory and goes with it
+    (bare paths come only from env MLFLOW_TRACKING_URI: the schema refuses them)."""
+    assert _relative_store(uri) is relative
+
+
+def test_a_relative_file_store_is_refused(monkeypatch):
+    with pytest.raises(SubmitError, match="'file:./mlruns' is relative to the job's temporary"):
+        plan_submission(str(QUICKSTART), ["tracking.uri=file:./mlruns", DURABLE[1]], "http://h:8265")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
+    with pytest.raises(SubmitError, match="'mlruns' is relative to the job's temporary"):
+        plan_submission(str(QUICKSTART), [DURABLE[1]], "http://h:8265")
 
 
 def test_the_job_carries_the_resolved_experiment_and_this_code(monkeypatch):

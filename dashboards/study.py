@@ -103,6 +103,12 @@ def run_study(path: str, overrides: list[str], out: Path | None = None) -> Scali
     for key in scaling.group_by:
         lookup(plan.cfg, key)  # a typo fails here, before MLflow is read
     uri = tracking_uri(plan.cfg.tracking)
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.exists():  # MLflow would create an empty store to search
+        raise ScalingError(
+            f"{path}: no MLflow store at {db} ({uri}); run `paralab sweep {path}` here first, "
+            "or point tracking.uri (env MLFLOW_TRACKING_URI) at the store the sweep used"
+        )
     client = MlflowClient(tracking_uri=uri)
     parent, points, skipped = collect_points(client, plan, scaling)
     if not points:

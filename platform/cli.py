@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -104,13 +105,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from paralab.platform.train.launch import launch
 
     cfg = load_experiment(args.file, args.overrides)
+    if cfg.sweep is not None:
+        console.print(f"[yellow]note[/]: {escape(args.file)} has a sweep: section, which "
+                      "paralab run ignores: this trains its base config; `paralab sweep "
+                      f"{escape(args.file)}` runs the sweep", soft_wrap=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console, transient=False,
     )
     task = progress.add_task("train", total=cfg.train.steps, info="")
 
+    def show() -> None:
+        # The bars appear with the first data or training progress: a refusal before it
+        # (storage, data, Ray) is then the one line printed, not under an empty bar.
+        if not progress.live.is_started:
+            progress.start()
+
     def on_progress(step: int, metrics: dict[str, float]) -> None:
+        show()
         info = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("loss", "val_loss") if k in metrics)
         progress.update(task, completed=step, info=info)
 
@@ -121,15 +133,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def on_data(update) -> None:  # tokenisation progress, in the corpus's own units
         nonlocal data_task
+        show()
         if data_task is None:
             data_task = progress.add_task("data", total=update.total, info=update.stage)
         progress.update(data_task, completed=update.done, total=update.total,
                         info=f"{update.stage} ({update.unit})")
 
-    with progress:
+    try:
         summary = launch(cfg, restart=args.restart, create_bucket=args.create_bucket,
                          on_event=on_event, on_progress=on_progress, on_data=on_data)
-        progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
+        if progress.live.is_started:
+            progress.update(task, completed=summary.steps if summary.status != "RUNNING" else 0)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     console.print(_summary_table(summary))
     _next_steps(summary, args.file, args.overrides)
     return 0
@@ -433,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before Ray is imported: Ray reads it once, at import.
         os.environ.setdefault(RAY_LOOPBACK, "0")
     args = parse(argv)
+    # MLflow announces each schema migration of a new SQLite store at INFO, before anything
+    # the command itself says.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except _user_errors() as err:

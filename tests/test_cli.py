@@ -164,3 +164,16 @@ def test_answers_that_need_no_training_import_neither_torch_nor_mlflow(argv):
                           text=True, timeout=120)
     last = proc.stdout.strip().splitlines()[-1]
     assert last in ("0 []", "2 []"), proc.stdout + proc.stderr
+
+
+def test_run_says_it_ignores_a_sweep_section(tmp_path, monkeypatch, capsys):
+    """`paralab run` on a sweep YAML trains the base config; it says so, and points to the
+    command that runs the sweep (here the run itself is refused: storage is unwritable)."""
+    monkeypatch.chdir(tmp_path)
+    sweep = Path(__file__).parents[1] / "experiments" / "sweeps" / "lr.yaml"
+    assert main(["run", str(sweep), "storage.uri=/proc/paralab"]) == 2
+    out, err = capsys.readouterr()
+    out = " ".join(out.split())
+    assert "has a sweep: section, which paralab run ignores" in out
+    assert f"`paralab sweep {sweep}` runs the sweep" in out
+    assert "storage.uri='/proc/paralab'" in err and err.count("error:") == 1

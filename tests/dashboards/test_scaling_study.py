@@ -94,6 +94,15 @@ def test_a_sweep_never_run_is_one_line_and_exit_2(tmp_path):
     assert "no sweep of this file" in proc.stderr and "paralab sweep" in proc.stderr
 
 
+def test_no_store_where_the_sweep_was_recorded_is_one_line_and_leaves_none(tmp_path):
+    """A store that does not exist is not created (empty) to be searched."""
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    proc = run_paralab(tmp_path / "home", "scaling", str(STUDY), f"tracking.uri=sqlite:///{store}")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"no MLflow store at {store}" in proc.stderr and "paralab sweep" in proc.stderr
+    assert not store.exists()
+
+
 def test_a_bad_group_key_is_one_line_and_exit_2(tmp_path):
     proc = run_paralab(tmp_path / "home", "scaling", str(STUDY), "scaling.group_by=[model.celll]")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -23,6 +23,9 @@ def assert_refused_cleanly(proc, home, *words):
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
+    # The progress bars appear with the first progress: a refusal before the data is
+    # prepared is the one line printed, with no empty bar above it.
+    assert proc.stdout.strip() == "" or "data" in proc.stdout, proc.stdout
     assert runs_of(mlflow_at(home), "bad") == [], "a run was recorded for input that was refused"
     storage = home / ".paralab" / "storage"
     assert not storage.exists() or not any(storage.iterdir()), "something was written to storage"

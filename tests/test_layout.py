@@ -111,3 +111,15 @@ def test_wheel_installs_into_fresh_venv_and_imports_every_module(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.strip().splitlines()[-1]) == len(modules)
+
+
+def test_every_dependency_is_pinned():
+    """Installs are reproducible: every requirement, extras included, names one version."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    loose = [r for r in requirements if "==" not in r]
+    assert not loose, f"not pinned to one version: {loose}"

@@ -19,6 +19,7 @@ import triton.language as tl
 from paralab.kernels.scan.triton import (
     _block_chunk_carry_kernel,
     _diag_chunk_carry_kernel,
+    needs_int64,
     num_sms,
     scan_launch_config,
 )
@@ -62,7 +63,7 @@ def newton_launch_config(p: torch.Tensor, chunk_size, use_associative_scan) -> d
         n_tiles = triton.cdiv(T, cfg["BT"])
         if B * cfg["n_blocks"] >= num_sms(p.device) or n_tiles <= ONE_LAUNCH_MAX_TILES:
             cfg = scan_launch_config(B, T, N, True, p.device, T, use_associative_scan)
-    return cfg
+    return {**cfg, "I64": needs_int64(T, N)}
 
 
 def reject_fp64(*tensors: torch.Tensor | None) -> None:
@@ -82,8 +83,9 @@ def launch_chunked(kernel, args: tuple, B: int, T: int, N: int, block: bool, cfg
     G, BN = cfg["G"], cfg["BN"]
     grid = (G, cfg["n_blocks"], B)
     common = dict(
-        BT=cfg["BT"], BN=BN, USE_ASSOC=cfg["USE_ASSOC"], num_warps=cfg["num_warps"], **consts
-    )
+        BT=cfg["BT"], BN=BN, USE_ASSOC=cfg["USE_ASSOC"], I64=cfg["I64"],
+        num_warps=cfg["num_warps"], **consts,
+    )  # fmt: skip
     device = args[0].device
     if G > 1:
         width = (2,) if block else ()

@@ -67,7 +67,7 @@ def _gru_cell_vjp(b_pz, b_pr, b_pc, b_az, b_ar, b_ac, b_h, b_lam):
 def _gru_fwd_pass(
     p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, s_end, base, T, N, o_n, m_n,
     BT: tl.constexpr, BN: tl.constexpr, FIRST: tl.constexpr, STORE: tl.constexpr,
-    USE_ASSOC: tl.constexpr,
+    USE_ASSOC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     """One Newton iteration over time steps [s_begin, s_end) of one program's units.
 
@@ -80,6 +80,8 @@ def _gru_fwd_pass(
     b_res = tl.zeros([BN], dtype=tl.float32)
     for s0 in range(s_begin, s_end, BT):
         o_t = s0 + tl.arange(0, BT)
+        if I64:  # o_t · 3N would overflow int32 (see needs_int64)
+            o_t = o_t.to(tl.int64)
         m_t = o_t < T
         m = m_t[:, None] & m_n[None, :]
         m_prev = m & (o_t >= 1)[:, None]
@@ -122,6 +124,7 @@ def _gru_load_weights(A, h0, i_b, o_n, m_n, N, BN: tl.constexpr, HAS_H0: tl.cons
 def _gru_newton_solve_kernel(
     p, A, h0, h_even, h_odd, res, T, N, ITERS,
     BT: tl.constexpr, BN: tl.constexpr, USE_ASSOC: tl.constexpr, HAS_H0: tl.constexpr,
+    I64: tl.constexpr,
 ):  # fmt: skip
     """Every Newton iteration in one launch: each program owns one batch row and BN units for
     the whole sequence.  Iteration k reads the iterate from ``h_even`` (k even) or ``h_odd``
@@ -137,7 +140,7 @@ def _gru_newton_solve_kernel(
     b_zero = tl.zeros([BN], dtype=tl.float32)
     _, _, b_res = _gru_fwd_pass(
         p, h_even, h_odd, b_az, b_ar, b_ac, b_h0, b_zero, 0, T, base, T, N, o_n, m_n,
-        BT, BN, True, True, USE_ASSOC,
+        BT, BN, True, True, USE_ASSOC, I64,
     )  # fmt: skip
     tl.store(res + i_b * NB + i_n, tl.max(b_res, axis=0))
     for k in range(1, ITERS):
@@ -148,7 +151,7 @@ def _gru_newton_solve_kernel(
             h_in, h_out = h_odd, h_even
         _, _, b_res = _gru_fwd_pass(
             p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_zero, 0, T, base, T, N, o_n, m_n,
-            BT, BN, False, True, USE_ASSOC,
+            BT, BN, False, True, USE_ASSOC, I64,
         )  # fmt: skip
         tl.store(res + (k * B + i_b) * NB + i_n, tl.max(b_res, axis=0))
 
@@ -158,7 +161,7 @@ def _gru_newton_fwd_kernel(
     p, A, h0, h_in, h_out, res,
     chunk_a, chunk_b, carry, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_H0: tl.constexpr,
+    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_H0: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     """One Newton iteration over time split into G groups (see :mod:`.common`)."""
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -172,7 +175,7 @@ def _gru_newton_fwd_kernel(
     s_begin = i_g * ROWS
     b_d, b_prod, b_res = _gru_fwd_pass(
         p, h_in, h_out, b_az, b_ar, b_ac, b_h0, b_d, s_begin, tl.minimum(s_begin + ROWS, T),
-        base, T, N, o_n, m_n, BT, BN, FIRST, STAGE == 1, USE_ASSOC,
+        base, T, N, o_n, m_n, BT, BN, FIRST, STAGE == 1, USE_ASSOC, I64,
     )  # fmt: skip
     if STAGE == 0:
         tl.store(chunk_a + o_c, b_prod, mask=m_n)
@@ -186,7 +189,7 @@ def _gru_newton_bwd_kernel(
     p, A, h0, h, g, grad_p, grad_a_part, grad_h0,
     chunk_a, chunk_b, carry, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, HAS_H0: tl.constexpr,
+    USE_ASSOC: tl.constexpr, HAS_H0: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -205,6 +208,8 @@ def _gru_newton_bwd_kernel(
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         o_s = s0 + tl.arange(0, BT)
         o_t = T - 1 - o_s  # scan runs backwards in time
+        if I64:
+            o_t = o_t.to(tl.int64)
         m_t = o_s < T
         m = m_t[:, None] & m_n[None, :]
         m_next = m & (o_t + 1 < T)[:, None]
@@ -274,7 +279,7 @@ class NewtonGRUFn(torch.autograd.Function):
             if cfg["G"] == 1:
                 _gru_newton_solve_kernel[(cfg["n_blocks"], B)](
                     p, A32, h0_arg, *h_buf, res, T, N, newton_iters, BT=cfg["BT"], BN=cfg["BN"],
-                    USE_ASSOC=cfg["USE_ASSOC"], HAS_H0=h0_32 is not None,
+                    USE_ASSOC=cfg["USE_ASSOC"], HAS_H0=h0_32 is not None, I64=cfg["I64"],
                     num_warps=cfg["num_warps"],
                 )  # fmt: skip
             else:

@@ -101,7 +101,7 @@ def _lstm_fwd_pass(
     p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
     s_begin, s_end, base, T, N, o_n, m_n,
     BT: tl.constexpr, BN: tl.constexpr, FIRST: tl.constexpr, STORE: tl.constexpr,
-    USE_ASSOC: tl.constexpr,
+    USE_ASSOC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     """One Newton iteration over time steps [s_begin, s_end) of one program's units.
 
@@ -117,6 +117,8 @@ def _lstm_fwd_pass(
     b_res = tl.zeros([BN], dtype=tl.float32)
     for s0 in range(s_begin, s_end, BT):
         o_t = s0 + tl.arange(0, BT)
+        if I64:  # o_t · 3N would overflow int32 (see needs_int64)
+            o_t = o_t.to(tl.int64)
         m_t = o_t < T
         m = m_t[:, None] & m_n[None, :]
         m_prev = m & (o_t >= 1)[:, None]
@@ -172,6 +174,7 @@ def _lstm_fwd_pass(
 def _lstm_newton_solve_kernel(
     p, A, C, c0, h0, c_even, h_even, c_odd, h_odd, res, T, N, ITERS,
     BT: tl.constexpr, BN: tl.constexpr, USE_ASSOC: tl.constexpr, HAS_S0: tl.constexpr,
+    I64: tl.constexpr,
 ):  # fmt: skip
     """Every Newton iteration in one launch (see :func:`.gru_triton._gru_newton_solve_kernel`):
     iteration k reads the (c, h) planes of the even buffers (k even) or the odd ones and
@@ -188,7 +191,7 @@ def _lstm_newton_solve_kernel(
     b_zero = tl.zeros([BN], dtype=tl.float32)
     out = _lstm_fwd_pass(
         p, c_even, h_even, c_odd, h_odd, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
-        b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, True, True, USE_ASSOC,
+        b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, True, True, USE_ASSOC, I64,
     )  # fmt: skip
     tl.store(res + i_b * NB + i_n, tl.max(out[6], axis=0))
     for k in range(1, ITERS):
@@ -199,7 +202,7 @@ def _lstm_newton_solve_kernel(
             c_in, h_in, c_out, h_out = c_odd, h_odd, c_even, h_even
         out = _lstm_fwd_pass(
             p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0,
-            b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, False, True, USE_ASSOC,
+            b_zero, b_zero, 0, T, base, T, N, o_n, m_n, BT, BN, False, True, USE_ASSOC, I64,
         )  # fmt: skip
         tl.store(res + (k * B + i_b) * NB + i_n, tl.max(out[6], axis=0))
 
@@ -209,7 +212,7 @@ def _lstm_newton_fwd_kernel(
     p, A, C, c0, h0, c_in, h_in, c_out, h_out, res,
     chunk_a, chunk_b, carry, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_S0: tl.constexpr,
+    USE_ASSOC: tl.constexpr, FIRST: tl.constexpr, HAS_S0: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     """One Newton iteration over time split into G groups (see :mod:`.common`)."""
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -226,7 +229,7 @@ def _lstm_newton_fwd_kernel(
     b_d0, b_d1, b_p00, b_p01, b_p10, b_p11, b_res = _lstm_fwd_pass(
         p, c_in, h_in, c_out, h_out, b_af, b_ao, b_ac, b_cf, b_co, b_c0, b_h0, b_d0, b_d1,
         s_begin, tl.minimum(s_begin + ROWS, T), base, T, N, o_n, m_n,
-        BT, BN, FIRST, STAGE == 1, USE_ASSOC,
+        BT, BN, FIRST, STAGE == 1, USE_ASSOC, I64,
     )  # fmt: skip
     if STAGE == 0:
         store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_d0, b_d1)
@@ -239,7 +242,7 @@ def _lstm_newton_bwd_kernel(
     p, A, C, c0, h0, c, h, g_c, g_h, grad_p, grad_w_part, grad_c0, grad_h0,
     chunk_a, chunk_b, carry, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, STAGE: tl.constexpr, HAS_CARRY: tl.constexpr,
-    USE_ASSOC: tl.constexpr, HAS_S0: tl.constexpr, HAS_GC: tl.constexpr,
+    USE_ASSOC: tl.constexpr, HAS_S0: tl.constexpr, HAS_GC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -265,6 +268,8 @@ def _lstm_newton_bwd_kernel(
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         o_s = s0 + tl.arange(0, BT)
         o_t = T - 1 - o_s  # scan runs backwards in time
+        if I64:
+            o_t = o_t.to(tl.int64)
         m_t = o_s < T
         m = m_t[:, None] & m_n[None, :]
         m_next = m & (o_t + 1 < T)[:, None]
@@ -364,7 +369,7 @@ class NewtonLSTMFn(torch.autograd.Function):
                 _lstm_newton_solve_kernel[(cfg["n_blocks"], B)](
                     p, A32, C32, *s0_args, *bufs[0], *bufs[1], res, T, N, newton_iters,
                     BT=cfg["BT"], BN=cfg["BN"], USE_ASSOC=cfg["USE_ASSOC"], HAS_S0=has_s0,
-                    num_warps=cfg["num_warps"],
+                    I64=cfg["I64"], num_warps=cfg["num_warps"],
                 )  # fmt: skip
             else:
                 for k in range(newton_iters):

@@ -209,6 +209,7 @@ def _diag_tile(
     a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
+    I64: tl.constexpr,
 ):  # fmt: skip
     """Advance (b_h, b_prod) over one tile.  With ``GRAD_A`` (the adjoint pass, where the
     scanned state is λ) also write grad_a_t = λ_t ⊙ h_prev from the forward states ``h_fwd``
@@ -219,6 +220,8 @@ def _diag_tile(
         o_t = T - 1 - o_s
     else:
         o_t = o_s
+    if I64:  # o_t · N would overflow int32 (see needs_int64)
+        o_t = o_t.to(tl.int64)
     o_ta = o_t + A_SHIFT
     m_s = o_s < T
     m_a = m_s & (o_ta >= 0) & (o_ta < T)
@@ -250,6 +253,7 @@ def _block_tile(
     s0, base, T, N, o_n, m_n,
     BT: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr, TRANSPOSE: tl.constexpr,
     STORE_H: tl.constexpr, GRAD_A: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
+    I64: tl.constexpr,
 ):  # fmt: skip
     """2×2-block version of :func:`_diag_tile`; the adjoint's grad_a_t = λ_t h_prevᵀ."""
     o_i = tl.arange(0, BT)
@@ -258,6 +262,8 @@ def _block_tile(
         o_t = T - 1 - o_s
     else:
         o_t = o_s
+    if I64:  # o_t · N would overflow int32 (see needs_int64)
+        o_t = o_t.to(tl.int64)
     o_ta = o_t + A_SHIFT
     m_s = (o_s < T)[:, None]
     m_a = m_s & ((o_ta >= 0) & (o_ta < T))[:, None] & m_n[None, :]
@@ -315,7 +321,7 @@ def _block_tile(
 def _diag_chunk_reduce_kernel(
     a, b, chunk_a, chunk_b, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
+    USE_ASSOC: tl.constexpr, ACC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -328,7 +334,7 @@ def _diag_chunk_reduce_kernel(
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
             a, b, a, a, a, b_h, b_prod, b_h, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, False, False, USE_ASSOC, ACC,
+            BT, REVERSE, A_SHIFT, False, False, USE_ASSOC, ACC, I64,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     tl.store(chunk_a + o_c, b_prod, mask=m_n)
@@ -356,7 +362,7 @@ def _diag_chunk_scan_kernel(
     a, b, h0, carry, h, h_fwd, h_init, grad_a, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr, GRAD_A: tl.constexpr,
-    HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
+    HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -373,7 +379,7 @@ def _diag_chunk_scan_kernel(
     for s0 in range(s_begin, tl.minimum(s_begin + ROWS, T), BT):
         b_h, b_prod = _diag_tile(
             a, b, h, h_fwd, grad_a, b_h, b_prod, b_hinit, s0, base, T, N, o_n, m_n,
-            BT, REVERSE, A_SHIFT, True, GRAD_A, USE_ASSOC, ACC,
+            BT, REVERSE, A_SHIFT, True, GRAD_A, USE_ASSOC, ACC, I64,
         )  # fmt: skip
 
 
@@ -386,7 +392,7 @@ def _diag_chunk_scan_kernel(
 def _block_chunk_reduce_kernel(
     a, b, chunk_a, chunk_b, T, N, ROWS,
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
-    TRANSPOSE: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr,
+    TRANSPOSE: tl.constexpr, USE_ASSOC: tl.constexpr, ACC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -404,7 +410,7 @@ def _block_chunk_reduce_kernel(
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
             a, b, a, a, a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1,
             s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, False, False, USE_ASSOC,
-            ACC,
+            ACC, I64,
         )  # fmt: skip
     o_c = (i_b.to(tl.int64) * G + i_g) * N + o_n
     store_block_aggregate(chunk_a, chunk_b, o_c, m_n, b_p00, b_p01, b_p10, b_p11, b_h0, b_h1)
@@ -437,7 +443,7 @@ def _block_chunk_scan_kernel(
     BT: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, A_SHIFT: tl.constexpr,
     TRANSPOSE: tl.constexpr, HAS_H0: tl.constexpr, HAS_CARRY: tl.constexpr,
     GRAD_A: tl.constexpr, HAS_HINIT: tl.constexpr, USE_ASSOC: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, I64: tl.constexpr,
 ):  # fmt: skip
     i_g, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(0)
@@ -458,13 +464,24 @@ def _block_chunk_scan_kernel(
         b_h0, b_h1, b_p00, b_p01, b_p10, b_p11 = _block_tile(
             a, b, h, h_fwd, grad_a, b_h0, b_h1, b_p00, b_p01, b_p10, b_p11, b_hi0, b_hi1,
             s0, base, T, N, o_n, m_n, BT, REVERSE, A_SHIFT, TRANSPOSE, True, GRAD_A, USE_ASSOC,
-            ACC,
+            ACC, I64,
         )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch configuration and the forward/adjoint driver.
 # ---------------------------------------------------------------------------------------------
+
+
+INT32_OFFSETS = 2**31
+"""Element offsets within one sequence at or above this overflow the kernels' int32 index."""
+
+
+def needs_int64(T: int, N: int) -> bool:
+    """Whether a sequence's element offsets (up to t · 3N in the fused Newton kernels, t · N
+    in the scans) reach int32's limit.  Only then do the kernels index time in int64: on GPU
+    it doubles the registers of the offset tiles (128 to 254 for the diagonal scan)."""
+    return 3 * T * N >= INT32_OFFSETS
 
 
 def interpreting() -> bool:
@@ -553,6 +570,7 @@ def scan_triton_raw(
     use_assoc, num_warps = cfg["USE_ASSOC"], cfg["num_warps"]
     acc = acc_dtype(torch.promote_types(a.dtype, b.dtype))
     ACC = TL_DTYPES[acc]
+    i64 = needs_int64(T, N)
     grid = (G, cfg["n_blocks"], B)
     h0_arg = h0 if h0 is not None else b
     carry = b  # placeholder pointer when there is a single group
@@ -564,7 +582,7 @@ def scan_triton_raw(
         if block:
             _block_chunk_reduce_kernel[grid](
                 a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-                A_SHIFT=a_shift, TRANSPOSE=transpose, USE_ASSOC=use_assoc, ACC=ACC,
+                A_SHIFT=a_shift, TRANSPOSE=transpose, USE_ASSOC=use_assoc, ACC=ACC, I64=i64,
                 num_warps=num_warps,
             )  # fmt: skip
             _block_chunk_carry_kernel[(cfg["n_blocks"], B)](
@@ -573,7 +591,7 @@ def scan_triton_raw(
         else:
             _diag_chunk_reduce_kernel[grid](
                 a, b, chunk_a, chunk_b, T, N, rows, BT=BT, BN=BN, REVERSE=reverse,
-                A_SHIFT=a_shift, USE_ASSOC=use_assoc, ACC=ACC, num_warps=num_warps,
+                A_SHIFT=a_shift, USE_ASSOC=use_assoc, ACC=ACC, I64=i64, num_warps=num_warps,
             )  # fmt: skip
             _diag_chunk_carry_kernel[(cfg["n_blocks"], B)](
                 chunk_a, chunk_b, h0_arg, carry, N, G, BN=BN, HAS_H0=h0 is not None, ACC=ACC
@@ -587,7 +605,8 @@ def scan_triton_raw(
     )
     flags = dict(
         HAS_H0=h0 is not None, HAS_CARRY=G > 1, GRAD_A=grad_a is not None,
-        HAS_HINIT=h_init is not None, USE_ASSOC=use_assoc, ACC=ACC, num_warps=num_warps,
+        HAS_HINIT=h_init is not None, USE_ASSOC=use_assoc, ACC=ACC, I64=i64,
+        num_warps=num_warps,
     )  # fmt: skip
     if block:
         _block_chunk_scan_kernel[grid](

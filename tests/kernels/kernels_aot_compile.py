@@ -47,10 +47,11 @@ def compile_variant(kernel, consts: dict, dtypes: dict | None = None) -> str | N
 
 
 def variants():
-    diag = dict(BT=64, BN=64, USE_ASSOC=True, ACC=tl.float32)
-    block = dict(BT=32, BN=32, USE_ASSOC=True, ACC=tl.float32)
-    newton = dict(BT=32, BN=32, USE_ASSOC=True)
+    diag = dict(BT=64, BN=64, USE_ASSOC=True, ACC=tl.float32, I64=False)
+    block = dict(BT=32, BN=32, USE_ASSOC=True, ACC=tl.float32, I64=False)
+    newton = dict(BT=32, BN=32, USE_ASSOC=True, I64=False)
     fp64 = dict(ACC=tl.float64)
+    i64 = dict(I64=True)  # sequences whose offsets pass int32 (needs_int64)
     yield scan._diag_chunk_reduce_kernel, {**diag, "REVERSE": True, "A_SHIFT": -1}, None
     yield (
         scan._diag_chunk_scan_kernel,
@@ -156,6 +157,30 @@ def variants():
     yield (
         lstm._lstm_newton_bwd_kernel,
         {**newton, "STAGE": 0, "HAS_CARRY": False, "HAS_S0": False, "HAS_GC": False},
+        None,
+    )
+    scan_flags = {"HAS_H0": True, "HAS_CARRY": True, "GRAD_A": True, "HAS_HINIT": True}
+    yield (
+        scan._diag_chunk_scan_kernel,
+        {**diag, **i64, "REVERSE": True, "A_SHIFT": 1, **scan_flags},
+        None,
+    )
+    yield (
+        scan._block_chunk_scan_kernel,
+        {**block, **i64, "REVERSE": True, "A_SHIFT": 1, "TRANSPOSE": True, **scan_flags},
+        None,
+    )
+    yield scan._diag_chunk_reduce_kernel, {**diag, **i64, "REVERSE": False, "A_SHIFT": 0}, None
+    yield gru._gru_newton_solve_kernel, {**newton, **i64, "HAS_H0": True}, None
+    yield lstm._lstm_newton_solve_kernel, {**newton, **i64, "HAS_S0": True}, None
+    yield (
+        gru._gru_newton_bwd_kernel,
+        {**newton, **i64, "STAGE": 1, "HAS_CARRY": True, "HAS_H0": True},
+        None,
+    )
+    yield (
+        lstm._lstm_newton_bwd_kernel,
+        {**newton, **i64, "STAGE": 1, "HAS_CARRY": True, "HAS_S0": True, "HAS_GC": True},
         None,
     )
 

@@ -473,6 +473,9 @@ def _block_chunk_scan_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_GRID_YZ = 65535
+"""CUDA's limit on a grid's y and z extents; the batch is one of them in every launch."""
+
 INT32_OFFSETS = 2**31
 """Element offsets within one sequence at or above this overflow the kernels' int32 index."""
 
@@ -506,6 +509,11 @@ def scan_launch_config(
     ``chunk_size`` forces the number of time steps per group (rounded up to the tile BT);
     ``use_associative_scan`` picks the in-tile algorithm (default: on GPU only).
     """
+    if B > MAX_GRID_YZ:
+        raise ValueError(
+            f"batch {B} is more sequences than one launch can hold ({MAX_GRID_YZ}, CUDA's grid "
+            "limit on the axis that carries the batch); split the batch"
+        )
     interp = interpreting() or device.type != "cuda"
     use_assoc = (not interp) if use_associative_scan is None else use_associative_scan
     if interp:

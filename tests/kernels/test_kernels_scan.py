@@ -220,3 +220,11 @@ def test_fresh_allocations_are_nan():
     """The autouse fixture is active: an output a kernel forgets to write stays NaN."""
     assert torch.empty(3).isnan().all()
     assert torch.empty_like(torch.zeros(2, 2)).isnan().all()
+
+
+def test_a_batch_past_the_grid_limit_says_to_split_it():
+    from paralab.kernels.scan.triton import MAX_GRID_YZ, scan_launch_config
+
+    scan_launch_config(MAX_GRID_YZ, 8, 4, False, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"batch 65536 is more sequences .* split the batch"):
+        scan_launch_config(MAX_GRID_YZ + 1, 8, 4, False, torch.device("cpu"))

@@ -10,6 +10,10 @@ endpoint. Plain object stores have no compare-and-set, so acquiring writes the l
 moment and reads it back: of two processes that start within that moment, the later writer
 keeps it. A process killed without releasing its lease blocks the folder until the lease
 expires (``TTL_S`` after its last renewal), or at once when it ran on this machine.
+
+A holder that finds the lease taken, or cannot renew it for nearly ``TTL_S``, has lost it:
+:attr:`RunLease.lost` says why, and the trainer's checkpoint path (:func:`check_held`) stops
+before writing into a folder another process now trains.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow.fs as pafs
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class LeaseHeld(RuntimeError):
     """Another live process trains this run; the message names it."""
+
+
+class LeaseLost(RuntimeError):
+    """This process held the run's lease and no longer does; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -66,33 +75,78 @@ class Holder:
         return True
 
     def describe(self, now: float) -> str:
+        if not self.owner:
+            return f"an unreadable lease file (written {self.age(now):.0f} s ago)"
         return f"pid {self.pid} on {self.host} (lease renewed {self.age(now):.0f} s ago)"
+
+
+READ_TRIES = 3
+
+
+def read_holder(fs: pafs.FileSystem, path: str) -> Holder | None:
+    """The lease's holder, or None when there is no lease file.
+
+    A file that cannot be read or parsed (a write in flight on a store without atomic
+    replace, a writer killed mid-write) is read again; if it stays unreadable it counts as
+    held, by nobody in particular, until ``TTL_S`` after it was last written. Counting it as
+    free would let a second trainer in while the first one renews."""
+    for attempt in range(READ_TRIES):
+        try:
+            with fs.open_input_stream(path) as stream:
+                return Holder.parse(stream.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError):
+            time.sleep(0.1 * (attempt + 1))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    written = info.mtime.timestamp() if info.mtime is not None else time.time()
+    return Holder(owner="", host="", pid=-1, renewed=written)
+
+
+def check_held(fs: pafs.FileSystem, run_path: str, owner: str) -> None:
+    """Raise :class:`LeaseLost` unless lease ``owner`` still holds ``run_path``'s lease.
+
+    Called before each checkpoint is written, so that a trainer whose lease passed to another
+    process stops instead of interleaving its checkpoints with the new holder's."""
+    holder = read_holder(fs, f"{run_path.rstrip('/')}/{LEASE_FILE}")
+    if holder is None or holder.owner != owner:
+        who = "nobody" if holder is None else holder.describe(time.time())
+        raise LeaseLost(
+            f"this trainer no longer holds the lease on {run_path} (now: {who}); it stops "
+            "before writing another checkpoint, so that two trainers never share the run folder"
+        )
 
 
 class RunLease:
     """The lease on one run folder; use as ``with RunLease(fs, run_path).acquire(): ...``."""
 
     def __init__(self, fs: pafs.FileSystem, run_path: str, *, ttl: float = TTL_S,
-                 renew_every: float = RENEW_S, settle: float = SETTLE_S) -> None:
+                 renew_every: float = RENEW_S, settle: float = SETTLE_S,
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self.fs = fs
         self.run_path = run_path.rstrip("/")
         self.path = f"{self.run_path}/{LEASE_FILE}"
         self.ttl, self.renew_every, self.settle = ttl, renew_every, settle
         self.owner = uuid.uuid4().hex
+        self.on_lost = on_lost
+        self.lost: str | None = None
+        """Why this process no longer holds the lease, once it has lost it."""
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
     def holder(self) -> Holder | None:
-        try:
-            with self.fs.open_input_stream(self.path) as stream:
-                return Holder.parse(stream.read())
-        except (FileNotFoundError, OSError, ValueError, TypeError, KeyError):
-            return None
+        return read_holder(self.fs, self.path)
 
     def _write(self) -> None:
+        """Write the lease whole: to a file of its own, then moved over the lease, so a reader
+        never sees half of it (a rename on disk; on S3 the copy appears at once)."""
         record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), pid_namespace())
-        with self.fs.open_output_stream(self.path) as stream:
+        staged = f"{self.path}.{self.owner}"
+        with self.fs.open_output_stream(staged) as stream:
             stream.write(json.dumps(asdict(record)).encode())
+        self.fs.move(staged, self.path)
 
     def _other(self) -> Holder | None:
         """A live holder that is not this lease, else None."""
@@ -126,16 +180,30 @@ class RunLease:
         return self
 
     def _renew(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self.renew_every):
             try:
                 holder = self.holder()
                 if holder is not None and holder.owner != self.owner:
-                    log.warning("the lease on %s was taken by %s", self.run_path,
-                                holder.describe(time.time()))
+                    self._lose(f"the lease on {self.run_path} was taken by "
+                               f"{holder.describe(time.time())}")
                     return
                 self._write()
+                renewed = time.monotonic()
             except OSError as err:  # storage briefly unreachable: try again next period
                 log.warning("could not renew the lease on %s: %s", self.run_path, err)
+                unrenewed = time.monotonic() - renewed
+                if unrenewed + self.renew_every >= self.ttl:  # it expires before the next try
+                    self._lose(f"could not renew the lease on {self.run_path} for "
+                               f"{unrenewed:.0f} s ({err}); it expires, and another process "
+                               "may take the run")
+                    return
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        log.error("%s", why)
+        if self.on_lost is not None:
+            self.on_lost(why)
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

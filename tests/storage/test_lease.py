@@ -14,7 +14,13 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from paralab.platform.storage.lease import LEASE_FILE, LeaseHeld, RunLease
+from paralab.platform.storage.lease import (
+    LEASE_FILE,
+    LeaseHeld,
+    LeaseLost,
+    RunLease,
+    check_held,
+)
 
 
 @pytest.fixture
@@ -115,6 +121,62 @@ def test_of_two_close_writers_the_later_keeps_it(folder):
         RunLease(fs, run_path, settle=0.5).acquire()
 
 
+def test_an_unreadable_lease_is_held_until_it_expires(folder):
+    """A half-written or corrupt lease file is someone's lease, not none: else a second
+    trainer would walk in while the first one renews."""
+    fs, run_path = folder
+    fs.create_dir(run_path, recursive=True)
+    with fs.open_output_stream(f"{run_path}/{LEASE_FILE}") as stream:
+        stream.write(b'{"owner": "some')
+    with pytest.raises(LeaseHeld, match="an unreadable lease file"):
+        RunLease(fs, run_path, settle=0.0).acquire()
+    old = time.time() - 300
+    os.utime(f"{run_path}/{LEASE_FILE}", (old, old))
+    with RunLease(fs, run_path, ttl=60, settle=0.0).acquire() as lease:
+        assert lease.holder().owner == lease.owner
+
+
+def test_the_lease_is_written_whole(folder):
+    """Written beside and moved over: readers see the old record or the new, never a part."""
+    fs, run_path = folder
+    with RunLease(fs, run_path, renew_every=0.01, settle=0.0).acquire() as lease:
+        reads = [lease.holder() for _ in range(200)]
+    assert all(h is not None and h.owner == lease.owner for h in reads)
+    assert sorted(os.listdir(run_path)) == [], "no staged lease left behind"
+
+
+def test_a_taken_lease_is_lost_and_the_checkpoint_path_stops(folder):
+    fs, run_path = folder
+    lost = []
+    lease = RunLease(fs, run_path, renew_every=0.05, settle=0.0, on_lost=lost.append).acquire()
+    check_held(fs, run_path, lease.owner)
+    place(fs, run_path, host="another-host", pid=1)
+    deadline = time.monotonic() + 5
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lost and "was taken by pid 1 on another-host" in lost[0] and lease.lost == lost[0]
+    with pytest.raises(LeaseLost, match="no longer holds the lease .* pid 1 on another-host"):
+        check_held(fs, run_path, lease.owner)
+    lease.release()
+
+
+def test_a_lease_that_cannot_be_renewed_before_it_expires_is_lost(folder, monkeypatch):
+    fs, run_path = folder
+    lost = []
+    lease = RunLease(fs, run_path, ttl=0.3, renew_every=0.05, settle=0.0,
+                     on_lost=lost.append).acquire()  # fmt: skip
+
+    def unreachable():
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(lease, "_write", unreachable)
+    deadline = time.monotonic() + 5
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lost and "could not renew the lease" in lost[0] and "storage unreachable" in lost[0]
+    lease.release()
+
+
 @pytest.mark.s3
 def test_lease_on_a_real_s3_server(seaweedfs):
     from paralab.platform.storage import Storage
@@ -125,4 +187,7 @@ def test_lease_on_a_real_s3_server(seaweedfs):
         with pytest.raises(LeaseHeld):
             RunLease(fs, run_path, settle=0.0).acquire()
         assert lease.holder().owner == lease.owner
+        check_held(fs, run_path, lease.owner)
     assert fs.get_file_info(f"{run_path}/{LEASE_FILE}").type == pafs.FileType.NotFound
+    with pytest.raises(LeaseLost):
+        check_held(fs, run_path, lease.owner)

@@ -11,12 +11,18 @@ folders into one checkpoint in storage and lists it in the run's snapshot only o
 upload is complete, so a half-written checkpoint is never taken as the latest. Ray also
 deletes all but the last ``train.keep_checkpoints``; :func:`keep_best` keeps a copy of the
 best one. Nothing else deletes checkpoints: Ray's snapshot must list only folders that exist.
+
+The small JSON files paralab writes beside them go through :func:`write_json`, whole or not
+at all, and :func:`read_json` tells a missing one from a damaged one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,10 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from paralab.platform.storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -32,19 +42,31 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """RNG states of this process, and of this worker's own GPU only: a list of every visible
+    device's would be indexed by a numbering that can differ when the run resumes (Ray shares
+    ``CUDA_VISIBLE_DEVICES`` among the workers of a node)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible device's state
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            log.warning("checkpoint has CUDA RNG states for %d devices, none for cuda:%d; "
+                        "its RNG starts fresh", len(cuda), index)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save(
@@ -55,6 +77,7 @@ def save(
     *,
     sharded: bool,
     rank: int,
+    device: torch.device,
 ) -> None:
     """Write this rank's part of a checkpoint into ``folder`` (a local, per-rank folder)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +93,7 @@ def save(
         torch.save(optimizer.state_dict(), folder / "optim.pt")
     if rank == 0:
         torch.save(trainer_state, folder / "trainer.pt")
-    torch.save(_rng_state(), folder / f"rng-rank{rank}.pt")
+    torch.save(_rng_state(device), folder / f"rng-rank{rank}.pt")
 
 
 def load(
@@ -80,6 +103,7 @@ def load(
     *,
     sharded: bool,
     rank: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG; return the trainer state."""
     if sharded:
@@ -96,7 +120,7 @@ def load(
         optimizer.load_state_dict(torch.load(folder / "optim.pt", map_location="cpu", weights_only=True))
     rng = folder / f"rng-rank{rank}.pt"
     if rng.exists():  # a run resumed on more workers than it saved with starts those ranks fresh
-        _set_rng_state(torch.load(rng, weights_only=False))
+        _set_rng_state(torch.load(rng, weights_only=False), device)
     return torch.load(folder / "trainer.pt", weights_only=False)
 
 
@@ -141,8 +165,6 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
     from the snapshot's latest (recomputing, and rewriting, the steps after it). None when
     Ray has no snapshot, which is a fresh start.
     """
-    import json
-
     try:
         with fs.open_input_stream(f"{run_path.rstrip('/')}/{RAY_SNAPSHOT}") as stream:
             latest = json.loads(stream.read()).get("latest_checkpoint_result")
@@ -152,47 +174,126 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def write_json(fs: pafs.FileSystem, path: str, record: dict[str, Any]) -> None:
+    """Write a small JSON file whole: to a file of its own, then moved over ``path``, so a
+    kill mid-write never leaves half of it (a rename on disk; on S3 the copy appears at once)."""
+    data, staged = json.dumps(record).encode(), f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(staged) as stream:
+        stream.write(data)
+    fs.move(staged, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
+    """A file :func:`write_json` wrote; None if there is none. One that exists but cannot be
+    read is an error: taking it as absent would silently skip the check it records."""
+    try:
+        with fs.open_input_stream(path) as stream:
+            record = json.loads(stream.read())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise StorageError(f"cannot read {path} ({reason}); restore or delete it") from None
+    return record
+
+
 DATA_RECORD = "paralab-data.json"
 """In a run folder: the key of the prepared data its checkpoints were trained on."""
 
 
 def recorded_data_key(fs: pafs.FileSystem, run_path: str) -> str | None:
     """The data key a run was started on (:func:`record_data_key`), None if not recorded."""
-    import json
-
-    try:
-        with fs.open_input_stream(f"{run_path.rstrip('/')}/{DATA_RECORD}") as stream:
-            return json.loads(stream.read()).get("data_key")
-    except (FileNotFoundError, OSError, ValueError):
-        return None
+    record = read_json(fs, f"{run_path.rstrip('/')}/{DATA_RECORD}")
+    return None if record is None else record.get("data_key")
 
 
 def record_data_key(fs: pafs.FileSystem, run_path: str, key: str) -> None:
     """Write the data key beside the checkpoints, so a resume can tell whether the corpus
     changed under the same config (a text file edited, a dataset revised upstream)."""
-    import json
-
     fs.create_dir(run_path, recursive=True)
-    with fs.open_output_stream(f"{run_path.rstrip('/')}/{DATA_RECORD}") as stream:
-        stream.write(json.dumps({"data_key": key}).encode())
+    write_json(fs, f"{run_path.rstrip('/')}/{DATA_RECORD}", {"data_key": key})
 
 
 BEST_RE = re.compile(r"^best_checkpoint_(\d+)$")
+BEST_MARKER = "paralab-complete.json"
+"""Written last into a best copy: a folder without it is a copy a crash cut short."""
+
+
+def best_name(step: int) -> str:
+    return f"best_checkpoint_{step:08d}"
+
+
+def is_complete_best(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(f"{path}/{BEST_MARKER}").type == pafs.FileType.File
+
+
+def list_best(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
+    """Step → path of the complete best copies under a run; incomplete ones are left out."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except (FileNotFoundError, OSError):
+        return {}
+    found = {}
+    for info in infos:
+        match = BEST_RE.match(info.base_name)
+        if match and info.type == pafs.FileType.Directory and is_complete_best(fs, info.path):
+            found[int(match.group(1))] = info.path
+    return found
 
 
 def keep_best(fs: pafs.FileSystem, run_path: str, step: int) -> str:
     """Copy checkpoint ``step`` to ``best_checkpoint_<step>`` beside it, then drop older bests.
 
     Ray keeps the last ``train.keep_checkpoints`` and deletes older ones; the best by
-    validation loss survives as this copy, which Ray does not manage. The new copy is
-    complete before the old one goes, so a crash in between leaves two, never none.
+    validation loss survives as this copy, which Ray does not manage. The copy is marked
+    complete (:data:`BEST_MARKER`) last, and only then do older ones go, so a crash in
+    between leaves an incomplete copy beside the previous best, never none.
     """
-    target = f"{run_path}/best_checkpoint_{step:08d}"
+    target = f"{run_path}/{best_name(step)}"
+    # Emptied first: an earlier copy (cut short, or of a checkpoint since rewritten) must not
+    # keep its marker while this one is in flight.
+    fs.delete_dir_contents(target, missing_dir_ok=True)
     fs.create_dir(target, recursive=True)
     pafs.copy_files(f"{run_path}/{checkpoint_name(step)}", target,
                     source_filesystem=fs, destination_filesystem=fs)
+    write_json(fs, f"{target}/{BEST_MARKER}", {"step": step})
     for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
         match = BEST_RE.match(info.base_name)
         if match and int(match.group(1)) != step:
             fs.delete_dir(info.path)
     return target
+
+
+def best_step_at(fs: pafs.FileSystem, run_path: str, step: int) -> int | None:
+    """The best step recorded in checkpoint ``step``'s trainer state (None if none yet)."""
+    import io
+
+    with fs.open_input_file(f"{run_path}/{checkpoint_name(step)}/trainer.pt") as stream:
+        state = torch.load(io.BytesIO(stream.read()), weights_only=False)
+    return state.get("best_step")
+
+
+def best_is_broken(fs: pafs.FileSystem, run_path: str, step: int | None) -> bool:
+    """Whether best ``step`` lacks a complete copy that :func:`repair_best` could still make."""
+    if step is None or is_complete_best(fs, f"{run_path}/{best_name(step)}"):
+        return False
+    return fs.get_file_info(f"{run_path}/{checkpoint_name(step)}").type == pafs.FileType.Directory
+
+
+def repair_best(fs: pafs.FileSystem, run_path: str, step: int) -> bool:
+    """After a restore whose best is ``step``: redo its copy if a crash cut it short. True if
+    it copied.
+
+    :func:`keep_best` runs only when a new best appears, so without this a resumed run would
+    keep the broken copy while Ray's retention deletes checkpoint ``step``. Nothing is done
+    when the checkpoint is already gone: the previous best copy, if any, then stays.
+    """
+    if is_complete_best(fs, f"{run_path}/{best_name(step)}"):
+        return False
+    if fs.get_file_info(f"{run_path}/{checkpoint_name(step)}").type != pafs.FileType.Directory:
+        log.warning("best checkpoint %d has no complete copy and is no longer stored", step)
+        return False
+    keep_best(fs, run_path, step)
+    return True

@@ -136,7 +136,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def restore(self, folder: Path) -> None:
-        state = ckpt.load(folder, self.model, self.optimizer, sharded=self.sharded, rank=self.ctx.rank)
+        state = ckpt.load(folder, self.model, self.optimizer, sharded=self.sharded,
+                          rank=self.ctx.rank, device=self.ctx.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(state["data"])
         self.step = state["step"]
@@ -159,7 +160,7 @@ class Trainer:
             return
         with staging_folder() as folder:
             ckpt.save(folder, self.model, self.optimizer, self._trainer_state(),
-                      sharded=self.sharded, rank=self.ctx.rank)
+                      sharded=self.sharded, rank=self.ctx.rank, device=self.ctx.device)
             self.hooks.report(metrics, folder, ckpt.checkpoint_name(self.step))
 
     # -- steps -----------------------------------------------------------------------------

@@ -177,4 +177,6 @@ def test_killed_worker_restarts_and_loses_nothing(tmp_path, single_process_losse
     # The copy holds every rank's files (it waits for all ranks to persist theirs).
     source = run_dir / f"checkpoint_{best.name.rsplit('_', 1)[1]}"
     files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    assert "rng-rank1.pt" in files(best) and files(best) == files(source), (files(best), files(source))
+    # ... and, written last, the marker that says the copy is complete.
+    assert "rng-rank1.pt" in files(best), files(best)
+    assert files(best) == sorted([*files(source), ckpt.BEST_MARKER]), (files(best), files(source))

@@ -283,8 +283,9 @@ def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_ke
 
 
 def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_key: str,
-                  callbacks: list[Any] | None = None):
-    """The Ray Train ``TorchTrainer`` for a planned run."""
+                  callbacks: list[Any] | None = None, lease_owner: str | None = None):
+    """The Ray Train ``TorchTrainer`` for a planned run; with ``lease_owner``, its workers
+    stop before a checkpoint once that lease on the run folder is lost."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -298,6 +299,7 @@ def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_k
                 "tracking_uri": tracker.uri,
                 "mlflow_run_id": tracker.run_id,
                 "data_key": data_key,
+                "lease_owner": lease_owner,
             },
         },
         scaling_config=ray.train.ScalingConfig(
@@ -341,18 +343,21 @@ def launch(
         summary.checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(plan.resumed_from)}"
         run = tracker.client.get_run(tracker.run_id)
         summary.metrics = dict(run.data.metrics)
-        if run.info.status != "FINISHED":  # new here, or killed after its last checkpoint
-            tracker.finish()
+        best = ckpt.best_step_at(plan.fs, plan.run_path, plan.resumed_from)
+        if run.info.status != "FINISHED" or ckpt.best_is_broken(plan.fs, plan.run_path, best):
+            with hold(plan):  # stopped between its last checkpoint and its end
+                settle_complete(cfg, plan, tracker, on_event)
         return summary
 
     check_resources(cfg)
-    with hold(plan):
+    with hold(plan) as lease:
         init_ray()
-        return _train(cfg, plan, data.key, restart, on_event, on_progress)
+        return _train(cfg, plan, data.key, restart, on_event, on_progress, lease.owner)
 
 
 def hold(plan: RunPlan, *, wait: bool = False) -> RunLease:
-    """The run folder's lease, taken: no second process trains this run while it is held."""
+    """The run folder's lease, taken: no second process trains this run while it is held.
+    Its owner id goes to the workers, which stop before a checkpoint once it is lost."""
     try:
         return RunLease(plan.fs, plan.run_path).acquire(wait=wait)
     except LeaseHeld as err:
@@ -361,38 +366,43 @@ def hold(plan: RunPlan, *, wait: bool = False) -> RunLease:
 
 def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
            on_event: Callable[[str], None],
-           on_progress: Callable[[int, dict[str, float]], None] | None) -> RunSummary:
+           on_progress: Callable[[int, dict[str, float]], None] | None,
+           lease_owner: str | None = None) -> RunSummary:
     import ray.train
 
     tracker, _ = open_tracker(cfg, plan)
     summary = _summary(cfg, plan, tracker)
-    if plan.resumed_from is not None:
-        on_event(f"resuming {plan.run_name} from step {plan.resumed_from}")
-    elif not restart:
-        others = other_identities(plan.fs, plan.root, cfg.name, plan.identity)
-        if others:
-            # Say so: a user who edited code or config may have expected a resume.
-            on_event(
-                f"starting {plan.run_name} at step 0: its config or code differs from the "
-                f"{len(others)} earlier run(s) of {cfg.name!r} in storage ({', '.join(others[-3:])}), "
-                "and paralab resumes only the exact same run"
-            )
-    changes = record_start(cfg, plan, tracker, data_key)
-    if changes:
-        on_event("continuing with other values than the run started with (kept in MLflow as "
-                 f"config-from-step-{plan.resumed_from or 0}.yaml): {changes}")
-    trainer = build_trainer(cfg, plan, tracker, data_key)
-    tc = cfg.train
     stop = threading.Event()
     watcher = None
-    if on_progress:
-        tokens_per_step = tc.batch_size * cfg.data.seq_len
-        watcher = threading.Thread(target=_watch, args=(tracker, tokens_per_step, on_progress, stop),
-                                   daemon=True)  # fmt: skip
-        watcher.start()
-    on_event(f"training on {tc.workers} worker(s), strategy {tc.strategy}")
+    # From here to the end, whatever fails marks the MLflow run (never left RUNNING).
     try:
+        if plan.resumed_from is not None:
+            on_event(f"resuming {plan.run_name} from step {plan.resumed_from}")
+        elif not restart:
+            others = other_identities(plan.fs, plan.root, cfg.name, plan.identity)
+            if others:
+                # Say so: a user who edited code or config may have expected a resume.
+                on_event(
+                    f"starting {plan.run_name} at step 0: its config or code differs from the "
+                    f"{len(others)} earlier run(s) of {cfg.name!r} in storage "
+                    f"({', '.join(others[-3:])}), and paralab resumes only the exact same run"
+                )
+        changes = record_start(cfg, plan, tracker, data_key)
+        if changes:
+            on_event("continuing with other values than the run started with (kept in MLflow "
+                     f"as config-from-step-{plan.resumed_from or 0}.yaml): {changes}")
+        trainer = build_trainer(cfg, plan, tracker, data_key, lease_owner=lease_owner)
+        tc = cfg.train
+        if on_progress:
+            tokens_per_step = tc.batch_size * cfg.data.seq_len
+            watcher = threading.Thread(target=_watch, daemon=True,
+                                       args=(tracker, tokens_per_step, on_progress, stop))
+            watcher.start()
+        on_event(f"training on {tc.workers} worker(s), strategy {tc.strategy}")
         result = trainer.fit()
+        summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+                           if isinstance(v, (int, float))}  # fmt: skip
+        summary.checkpoint = finish_run(cfg, plan, tracker, result.checkpoint, on_event)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -411,27 +421,53 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
         stop.set()
         if watcher:
             watcher.join(timeout=5)
-
-    summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    summary.checkpoint = finish_run(cfg, plan, tracker, result, on_event)
     summary.status = "FINISHED"
     return summary
 
 
-def finish_run(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, result: Any,
+def finish_run(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, final: Any | None,
                on_event: Callable[[str], None] = lambda message: None) -> str | None:
-    """Tag the final checkpoint, log the model, and mark the MLflow run finished."""
+    """Tag the final checkpoint, log the model, and mark the MLflow run finished.
+
+    ``final`` is the last checkpoint as Ray Train returned it, or None to open it from
+    storage. Repeatable: a run stopped between its last checkpoint and its end (killed, or
+    MLflow unreachable) is found complete by the next ``paralab run`` of it, which finishes
+    it here, logging the model only if it is not logged yet.
+    """
     done = ckpt.list_checkpoints(plan.fs, plan.run_path)
     checkpoint = None
     if done:
         last = max(done)
         checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(last)}"
         tracker.set_tags({"paralab.checkpoint": checkpoint, "paralab.final_step": last})
-        if cfg.tracking.log_model and result.checkpoint is not None:
+        if cfg.tracking.log_model and not _model_logged(tracker):
+            if final is None:
+                import ray.train
+
+                final = ray.train.Checkpoint(f"{plan.run_path}/{ckpt.checkpoint_name(last)}",
+                                             filesystem=plan.fs)  # fmt: skip
             on_event("logging the final model to MLflow")
-            _log_model(tracker, cfg, result.checkpoint)
+            _log_model(tracker, cfg, final)
     tracker.finish()
     return checkpoint
+
+
+def settle_complete(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker,
+                    on_event: Callable[[str], None] = lambda message: None) -> None:
+    """For a run found complete, finish what a stop after its last checkpoint left undone: the
+    best copy (a crash during the last step's copy; no restore will repair it), and the MLflow
+    end (tags, model, FINISHED). The caller holds the run's lease."""
+    best = ckpt.best_step_at(plan.fs, plan.run_path, plan.resumed_from)
+    if best is not None and ckpt.repair_best(plan.fs, plan.run_path, best):
+        on_event(f"completed the copy of best checkpoint {best}")
+    if tracker.client.get_run(tracker.run_id).info.status != "FINISHED":
+        finish_run(cfg, plan, tracker, None, on_event)
+
+
+def _model_logged(tracker: Tracker) -> bool:
+    """Whether :func:`_log_model` completed for this run: the config it writes last is there."""
+    return any(item.path == "model/paralab-config.yaml"
+               for item in tracker.client.list_artifacts(tracker.run_id, "model"))
 
 
 def _train_fn():

@@ -11,6 +11,7 @@ import ray.train
 
 from paralab.platform.config.load import from_dict
 from paralab.platform.data import load_prepared
+from paralab.platform.storage.lease import check_held
 from paralab.platform.tracking.mlflow import Tracker
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.loop import Trainer
@@ -30,11 +31,17 @@ class RayHooks:
         self.rank = context.get_world_rank()
         self.storage = context.get_storage()
         self.tracker = Tracker(run["tracking_uri"], run["mlflow_run_id"]) if self.rank == 0 else None
+        self.lease_owner: str | None = run.get("lease_owner")
         self.pending: list[Future] = []
         self.logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paralab-mlflow")
 
     def report(self, metrics, folder, name):
         self.flush()
+        if folder and self.lease_owner:
+            # A driver that lost the run's lease to another process must not add checkpoints
+            # (and, through Ray, delete old ones) in the folder that process now trains.
+            check_held(self.storage.storage_filesystem, self.storage.experiment_fs_path,
+                       self.lease_owner)
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
@@ -53,12 +60,23 @@ class RayHooks:
         # Every rank calls this (validation loss is all-reduced, so they agree on the best).
         # Ray's report synchronises ranks before they upload, not after: without this barrier
         # rank 0 could copy the checkpoint while other ranks' shards are still uploading.
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.barrier()
+        _barrier()
         if self.rank == 0:
             ckpt.keep_best(self.storage.storage_filesystem, self.storage.experiment_fs_path, step)
+
+    def repair_best(self, step: int) -> None:
+        """After a restore: redo the copy of best checkpoint ``step`` if a crash cut it short.
+        Every rank calls it, as :meth:`keep_best`, and only rank 0 copies."""
+        _barrier()
+        if self.rank == 0:
+            ckpt.repair_best(self.storage.storage_filesystem, self.storage.experiment_fs_path, step)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _maybe_inject_fault(step: int, rank: int) -> None:
@@ -81,5 +99,7 @@ def train_fn(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder))
+        if trainer.best_step is not None:  # from the one trainer.pt: the same on every rank
+            trainer.hooks.repair_best(trainer.best_step)
     trainer.run()
     trainer.hooks.flush()

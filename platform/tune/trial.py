@@ -124,13 +124,14 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     stopping = stop_signal()
     first = launch.plan_run(cfg)
     # Within the sweep, a trial with an equal config; outside it, a `paralab run` of one.
-    with _claim(context.claims, first.identity, trial_id), launch.hold(first, wait=True):
+    with _claim(context.claims, first.identity, trial_id), launch.hold(first, wait=True) as lease:
         plan = launch.plan_run(cfg)  # again: whoever trained it before us may have finished it
         data_key = context.data_key
         if context.data_swept:
             from paralab.platform.data import prepare
 
-            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url).key
+            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url,
+                               region=cfg.storage.region).key
         launch.check_same_data(plan, data_key)
         complete = plan.resumed_from == cfg.train.steps
         tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id,
@@ -143,20 +144,20 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         if complete:
             # Complete already (an earlier attempt, an equal config, an earlier sweep): report,
             # do not retrain. A finished run keeps its status and end time.
+            launch.settle_complete(cfg, plan, tracker)  # if stopped after its last checkpoint
             run = tracker.client.get_run(tracker.run_id)
-            if run.info.status != "FINISHED":  # new here, or killed after its last checkpoint
-                tracker.finish()
             tune.report({**run.data.metrics, "step": cfg.train.steps, "steps": cfg.train.steps})
             return
-        launch.record_start(cfg, plan, tracker, data_key)
-        trainer = launch.build_trainer(cfg, plan, tracker, data_key, callbacks=[TuneReportCallback()])
         try:
+            launch.record_start(cfg, plan, tracker, data_key)
+            trainer = launch.build_trainer(cfg, plan, tracker, data_key, lease_owner=lease.owner,
+                                           callbacks=[TuneReportCallback()])
             result = trainer.fit()
+            launch.finish_run(cfg, plan, tracker, result.checkpoint)
         except BaseException:
             # A trial that Tune stops (ASHA, time budget, Ctrl-C) dies here too; it did not fail.
             tracker.finish("KILLED" if stopping() else "FAILED")
             raise
-        launch.finish_run(cfg, plan, tracker, result)
 
 
 def stop_signal() -> Callable[[], bool]:

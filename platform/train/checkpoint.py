@@ -139,12 +139,22 @@ def full_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         return torch.load(merged, map_location="cpu", weights_only=False)["model"]
 
 
+def list_folder(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The entries of ``path``, none if it does not exist. A listing that fails is an error:
+    taken as empty, it would make a run look fresh (a finished run retrained, a restart
+    landing in an existing generation)."""
+    try:
+        return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise StorageError(f"cannot list {path} ({reason}); check the storage and retry") from None
+
+
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
     """Step → path of the checkpoint folders under a run."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
-    except (FileNotFoundError, OSError):
-        return {}
+    infos = list_folder(fs, run_path)
     found = {}
     for info in infos:
         match = CHECKPOINT_RE.match(info.base_name)
@@ -231,10 +241,7 @@ def is_complete_best(fs: pafs.FileSystem, path: str) -> bool:
 
 def list_best(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
     """Step → path of the complete best copies under a run; incomplete ones are left out."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
-    except (FileNotFoundError, OSError):
-        return {}
+    infos = list_folder(fs, run_path)
     found = {}
     for info in infos:
         match = BEST_RE.match(info.base_name)

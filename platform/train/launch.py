@@ -66,10 +66,7 @@ def _run_folders(fs, root: str, name: str) -> list[tuple[str, int, str]]:
     import pyarrow.fs as pafs
 
     pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{12}})(?:\.g(\d+))?$")
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return []
+    infos = ckpt.list_folder(fs, root)
     return [
         (match.group(1), int(match.group(2) or 0), info.base_name)
         for info in infos

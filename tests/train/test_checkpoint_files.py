@@ -189,3 +189,19 @@ def test_rng_round_trips_through_a_checkpoint_on_cpu(tmp_path):
     torch.rand(5)  # move on, as training would
     assert ckpt.load(tmp_path, model, optimizer, sharded=False, rank=0, device=cpu) == {"step": 1}
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_listing_that_fails_is_an_error_not_an_empty_run(tmp_path):
+    """Taken as empty, a failed listing would make a run look fresh: a finished run trained
+    again, or a --restart landing in an existing generation."""
+    from paralab.platform.train.launch import existing_generations
+
+    class Unreachable:
+        def get_file_info(self, selector):
+            raise OSError("connection reset by peer")
+
+    assert ckpt.list_checkpoints(pafs.LocalFileSystem(), str(tmp_path / "missing")) == {}
+    for listing in (lambda fs: ckpt.list_checkpoints(fs, "run"),
+                    lambda fs: existing_generations(fs, "root", "exp", "0123456789ab")):  # fmt: skip
+        with pytest.raises(StorageError, match=r"cannot list \S+ \(connection reset by peer\)"):
+            listing(Unreachable())

@@ -250,6 +250,31 @@ def list_best(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
     return found
 
 
+SERVER_COPY_MAX = 5 * 1024**3
+"""The largest object S3's CopyObject copies, which pyarrow issues for a copy within one S3
+filesystem (one request, no multipart): a DDP ``optim.pt`` passes it near 670M parameters."""
+STREAM_CHUNK = 64 * 1024**2
+
+
+def copy_tree(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Copy folder ``source`` to ``target`` on ``fs``: server-side where the store allows, and
+    streamed through this process (written back as a multipart upload) for larger files."""
+    files = [info for info in fs.get_file_info(pafs.FileSelector(source, recursive=True))
+             if info.type == pafs.FileType.File]  # fmt: skip
+    if all(info.size <= SERVER_COPY_MAX for info in files):
+        pafs.copy_files(source, target, source_filesystem=fs, destination_filesystem=fs)
+        return
+    for info in files:
+        dest = f"{target}/{info.path[len(source):].lstrip('/')}"
+        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+        if info.size <= SERVER_COPY_MAX:
+            fs.copy_file(info.path, dest)
+            continue
+        with fs.open_input_stream(info.path) as reader, fs.open_output_stream(dest) as writer:
+            while chunk := reader.read(STREAM_CHUNK):
+                writer.write(chunk)
+
+
 def keep_best(fs: pafs.FileSystem, run_path: str, step: int) -> str:
     """Copy checkpoint ``step`` to ``best_checkpoint_<step>`` beside it, then drop older bests.
 
@@ -263,8 +288,7 @@ def keep_best(fs: pafs.FileSystem, run_path: str, step: int) -> str:
     # keep its marker while this one is in flight.
     fs.delete_dir_contents(target, missing_dir_ok=True)
     fs.create_dir(target, recursive=True)
-    pafs.copy_files(f"{run_path}/{checkpoint_name(step)}", target,
-                    source_filesystem=fs, destination_filesystem=fs)
+    copy_tree(fs, f"{run_path}/{checkpoint_name(step)}", target)
     write_json(fs, f"{target}/{BEST_MARKER}", {"step": step})
     for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
         match = BEST_RE.match(info.base_name)

@@ -205,3 +205,29 @@ def test_a_listing_that_fails_is_an_error_not_an_empty_run(tmp_path):
                     lambda fs: existing_generations(fs, "root", "exp", "0123456789ab")):  # fmt: skip
         with pytest.raises(StorageError, match=r"cannot list \S+ \(connection reset by peer\)"):
             listing(Unreachable())
+
+
+def test_files_past_s3s_server_side_copy_limit_are_streamed(tmp_path, monkeypatch):
+    """S3 copies an object server-side only up to 5 GiB: a larger checkpoint file goes
+    through this process instead, nested folders and all, byte for byte."""
+    monkeypatch.setattr(ckpt, "SERVER_COPY_MAX", 10)
+    monkeypatch.setattr(ckpt, "STREAM_CHUNK", 7)
+    fs, source = pafs.LocalFileSystem(), tmp_path / "checkpoint"
+    (source / "shards").mkdir(parents=True)
+    (source / "small.json").write_bytes(b"{}")
+    (source / "model.pt").write_bytes(os.urandom(100))
+    (source / "shards" / "0.distcp").write_bytes(os.urandom(33))
+    copied = []
+
+    class Spy:  # the filesystem, noting which files it copies server-side
+        def __getattr__(self, name):
+            return getattr(fs, name)
+
+        def copy_file(self, src, dest):
+            copied.append(src)
+            fs.copy_file(src, dest)
+
+    ckpt.copy_tree(Spy(), str(source), str(tmp_path / "best"))
+    for name in ("small.json", "model.pt", "shards/0.distcp"):
+        assert (tmp_path / "best" / name).read_bytes() == (source / name).read_bytes(), name
+    assert copied == [str(source / "small.json")], "only the small file is copied server-side"

@@ -35,13 +35,17 @@ class RayHooks:
         self.pending: list[Future] = []
         self.logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paralab-mlflow")
 
-    def report(self, metrics, folder, name):
-        self.flush()
-        if folder and self.lease_owner:
-            # A driver that lost the run's lease to another process must not add checkpoints
-            # (and, through Ray, delete old ones) in the folder that process now trains.
+    def check_lease(self) -> None:
+        """Stop if the driver lost the run's lease: the process that holds it now trains this
+        folder, and this one must not add checkpoints to it (nor, through Ray, delete any)."""
+        if self.lease_owner:
             check_held(self.storage.storage_filesystem, self.storage.experiment_fs_path,
                        self.lease_owner)
+
+    def report(self, metrics, folder, name):
+        self.flush()
+        if folder:
+            self.check_lease()
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
@@ -94,7 +98,9 @@ def train_fn(config: dict[str, Any]) -> None:
     run = config["run"]
     data = load_prepared(cfg.data, run["data_key"], endpoint_url=cfg.storage.endpoint_url,
                          region=cfg.storage.region)
-    trainer = Trainer(cfg, data, RayHooks(run))
+    hooks = RayHooks(run)
+    hooks.check_lease()  # also on Ray's restarts: a lost lease fails them at once
+    trainer = Trainer(cfg, data, hooks)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

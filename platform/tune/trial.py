@@ -130,8 +130,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         if context.data_swept:
             from paralab.platform.data import prepare
 
-            data_key = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url,
-                               region=cfg.storage.region).key
+            data = prepare(cfg.data, endpoint_url=cfg.storage.endpoint_url,
+                           region=cfg.storage.region)
+            launch.check_data(cfg, data)  # else the workers fail, after every restart
+            data_key = data.key
         launch.check_same_data(plan, data_key)
         complete = plan.resumed_from == cfg.train.steps
         tracker, _ = launch.open_tracker(cfg, plan, parent_run_id=context.parent_run_id,

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import pyarrow.fs as pafs
 
 from paralab.platform.services.process import pid_alive, pid_namespace
+from paralab.platform.storage.files import write_whole
 
 LEASE_FILE = "paralab-lease.json"
 TTL_S = 120.0
@@ -140,13 +141,9 @@ class RunLease:
         return read_holder(self.fs, self.path)
 
     def _write(self) -> None:
-        """Write the lease whole: to a file of its own, then moved over the lease, so a reader
-        never sees half of it (a rename on disk; on S3 the copy appears at once)."""
+        """Write the lease whole, so a reader never sees half of it."""
         record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), pid_namespace())
-        staged = f"{self.path}.{self.owner}"
-        with self.fs.open_output_stream(staged) as stream:
-            stream.write(json.dumps(asdict(record)).encode())
-        self.fs.move(staged, self.path)
+        write_whole(self.fs, self.path, json.dumps(asdict(record)).encode())
 
     def _other(self) -> Holder | None:
         """A live holder that is not this lease, else None."""

@@ -22,7 +22,6 @@ import json
 import logging
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from paralab.platform.storage.errors import StorageError
+from paralab.platform.storage.files import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ def full_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         return torch.load(merged, map_location="cpu", weights_only=False)["model"]
 
 
+def _reason(err: Exception) -> str:
+    """An error's first line, for a one-line message."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def list_folder(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     """The entries of ``path``, none if it does not exist. A listing that fails is an error:
     taken as empty, it would make a run look fresh (a finished run retrained, a restart
@@ -148,8 +153,7 @@ def list_folder(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     except FileNotFoundError:
         return []
     except OSError as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise StorageError(f"cannot list {path} ({reason}); check the storage and retry") from None
+        raise StorageError(f"cannot list {path} ({_reason(err)}); check the storage and retry") from None
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
@@ -185,12 +189,8 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
 
 
 def write_json(fs: pafs.FileSystem, path: str, record: dict[str, Any]) -> None:
-    """Write a small JSON file whole: to a file of its own, then moved over ``path``, so a
-    kill mid-write never leaves half of it (a rename on disk; on S3 the copy appears at once)."""
-    data, staged = json.dumps(record).encode(), f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(staged) as stream:
-        stream.write(data)
-    fs.move(staged, path)
+    """Write a small JSON file whole: a kill mid-write never leaves half of it."""
+    write_whole(fs, path, json.dumps(record).encode())
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
@@ -204,8 +204,7 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise StorageError(f"cannot read {path} ({reason}); restore or delete it") from None
+        raise StorageError(f"cannot read {path} ({_reason(err)}); restore or delete it") from None
     return record
 
 

@@ -15,11 +15,12 @@ A bucket is (device, cell class, dtype, grad enabled, B, T and N rounded up to p
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import TYPE_CHECKING
 
 import torch
+
+from paralab.kernels.scan.utils import interpreting
 
 if TYPE_CHECKING:
     from paralab.models.cell import RecurrentCell
@@ -56,10 +57,6 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _bucket(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -67,7 +64,7 @@ def _bucket(n: int) -> int:
 def resolve_mode(mode: str, cell: RecurrentCell, p: torch.Tensor) -> str:
     """Turn ``auto`` into a concrete mode for a call with projected input p ``[B, T, G, N]``."""
     check_mode(mode)
-    if mode == "triton" and p.device.type != "cuda" and not _interpreting():
+    if mode == "triton" and p.device.type != "cuda" and not interpreting():
         # Else Triton fails deep inside its launcher with "0 active drivers".
         raise ValueError(
             f"mode='triton' runs Triton kernels, which need a CUDA tensor (this one is on "

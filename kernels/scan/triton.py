@@ -33,13 +33,11 @@ of every kernel: fp64 for fp64 input, fp32 for everything else (``utils.acc_dtyp
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from paralab.kernels.scan.utils import acc_dtype, block_matvec, check_scan_args
+from paralab.kernels.scan.utils import acc_dtype, block_matvec, check_scan_args, interpreting
 
 # Accumulation dtype (see ``acc_dtype``) → the Triton dtype the kernels compute in.
 TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -485,11 +483,6 @@ def needs_int64(T: int, N: int) -> bool:
     in the scans) reach int32's limit.  Only then do the kernels index time in int64: on GPU
     it doubles the registers of the offset tiles (128 to 254 for the diagonal scan)."""
     return 3 * T * N >= INT32_OFFSETS
-
-
-def interpreting() -> bool:
-    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def num_sms(device: torch.device) -> int:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``).  Here, beside
+    no Triton import, so that callers can ask without importing Triton."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

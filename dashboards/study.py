@@ -95,7 +95,7 @@ def run_study(path: str, overrides: list[str], out: Path | None = None) -> Scali
     from mlflow.tracking import MlflowClient
 
     from paralab.platform.config.schema import ScalingConfig, project_dir
-    from paralab.platform.tracking.mlflow import tracking_uri
+    from paralab.platform.tracking.mlflow import sqlite_path, tracking_uri
     from paralab.platform.tune.sweep import plan_sweep
 
     plan = plan_sweep(path, overrides)
@@ -103,7 +103,7 @@ def run_study(path: str, overrides: list[str], out: Path | None = None) -> Scali
     for key in scaling.group_by:
         lookup(plan.cfg, key)  # a typo fails here, before MLflow is read
     uri = tracking_uri(plan.cfg.tracking)
-    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    db = sqlite_path(uri)
     if db is not None and not db.exists():  # MLflow would create an empty store to search
         raise ScalingError(
             f"{path}: no MLflow store at {db} ({uri}); run `paralab sweep {path}` here first, "

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from paralab.platform.config.schema import StorageConfig
 from paralab.platform.storage.errors import (
+    DENIED_CODES,
     StorageError,
     error_code,
     explain_s3_error,
@@ -439,6 +440,15 @@ class S3Storage(Storage):
             doomed.append(full)
         for start in range(0, len(doomed), 1000):  # DeleteObjects takes 1000 keys at most
             batch = [{"Key": k} for k in doomed[start:start + 1000]]
-            self._call("delete", key, self.client.delete_objects, Bucket=self.bucket,
-                       Delete={"Objects": batch, "Quiet": True})
+            response = self._call("delete", key, self.client.delete_objects, Bucket=self.bucket,
+                                  Delete={"Objects": batch, "Quiet": True})
+            # DeleteObjects answers 200 even when keys were refused; each refusal is in Errors.
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StorageError(
+                    f"S3 refused to delete {len(errors)} of {len(batch)} object(s) under "
+                    f"s3://{self.bucket}/{full}, e.g. {first.get('Key')}: {first.get('Code')} "
+                    f"({first.get('Message', '').rstrip('.')}); they are still there",
+                    "denied" if first.get("Code") in DENIED_CODES else "setting",
+                )
         return len(doomed)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from paralab.platform.storage import LocalStorage, Storage, join
+from paralab.platform.storage import LocalStorage, Storage, StorageError, join
 
 
 def test_write_read_exists(storage: Storage):
@@ -79,6 +79,26 @@ def test_delete_file_and_dir(storage: Storage):
     assert storage.list() == ["keep"]
     with pytest.raises(ValueError, match="root"):
         storage.delete("")
+
+
+@pytest.mark.s3
+def test_a_delete_the_server_partly_refuses_is_an_error(s3_storage: Storage):
+    """DeleteObjects answers 200 with per-key Errors; a refused key must not count as gone."""
+    for key in ["d/1", "d/2"]:
+        s3_storage.write_bytes(key, b"x")
+    client = s3_storage.client
+    real = client.delete_objects
+
+    def refuse_the_first(*, Bucket, Delete):  # noqa: N803 - boto3's argument names
+        refused, *rest = Delete["Objects"]
+        real(Bucket=Bucket, Delete={**Delete, "Objects": rest})
+        return {"Errors": [{"Key": refused["Key"], "Code": "AccessDenied", "Message": "Access Denied."}]}
+
+    client.delete_objects = refuse_the_first
+    with pytest.raises(StorageError, match=r"refused to delete 1 of 2 .*d/1: AccessDenied") as err:
+        s3_storage.delete("d")
+    assert err.value.reason == "denied"
+    assert s3_storage.list("d") == ["d/1"], "the refused object is still there, and said so"
 
 
 def test_child_is_rooted_at_prefix(storage: Storage):

@@ -177,13 +177,19 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
     Folders on storage are not enough. A crash between a checkpoint's upload and Ray's
     snapshot update leaves a complete folder the snapshot does not list; Ray then restarts
     from the snapshot's latest (recomputing, and rewriting, the steps after it). None when
-    Ray has no snapshot, which is a fresh start.
+    Ray has no snapshot, which is a fresh start. A snapshot that cannot be read is an error:
+    taken as a fresh start, a finished run would be trained again.
     """
+    path = f"{run_path.rstrip('/')}/{RAY_SNAPSHOT}"
     try:
-        with fs.open_input_stream(f"{run_path.rstrip('/')}/{RAY_SNAPSHOT}") as stream:
+        with fs.open_input_stream(path) as stream:
             latest = json.loads(stream.read()).get("latest_checkpoint_result")
-    except (FileNotFoundError, OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except ValueError:  # not JSON: Ray cannot restore from it either
+        return None
+    except OSError as err:
+        raise StorageError(f"cannot read {path} ({_reason(err)}); check the storage and retry") from None
     match = CHECKPOINT_RE.match((latest or {}).get("checkpoint_dir_name") or "")
     return int(match.group(1)) if match else None
 

@@ -6,9 +6,12 @@ Ray resumes; `paralab run` must say the step Ray will actually use."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pyarrow.fs as pafs
+import pytest
 
+from paralab.platform.storage import Storage, StorageError
 from paralab.platform.train import checkpoint as ckpt
 
 
@@ -74,3 +77,23 @@ def test_the_data_key_is_recorded_beside_the_checkpoints(tmp_path):
     check_same_data(plan, "text-1111")
     with pytest.raises(LaunchError, match=r"data changed .* text-1111, now text-2222.*--restart"):
         check_same_data(plan, "text-2222")
+
+
+def test_a_snapshot_that_cannot_be_read_is_an_error_not_a_fresh_start(tmp_path):
+    run = tmp_path / "run"
+    (run / ckpt.RAY_SNAPSHOT).mkdir(parents=True)  # there, but unreadable
+    with pytest.raises(StorageError, match=f"cannot read .*{ckpt.RAY_SNAPSHOT}"):
+        ckpt.resume_step(pafs.LocalFileSystem(), str(run))
+
+
+@pytest.mark.s3
+def test_resume_step_on_s3(seaweedfs):
+    """pyarrow's S3 filesystem reports a missing snapshot as not found (a fresh start), and
+    reads a present one."""
+    storage = Storage.from_config(seaweedfs.storage_config(f"t/{uuid.uuid4().hex[:8]}"))
+    root, fs = storage.ray_storage()
+    run = f"{root}/run"
+    assert ckpt.resume_step(fs, run) is None
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": ckpt.checkpoint_name(4)}}
+    storage.write_bytes(f"run/{ckpt.RAY_SNAPSHOT}", json.dumps(snapshot).encode())
+    assert ckpt.resume_step(fs, run) == 4

@@ -14,7 +14,8 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,24 +333,37 @@ def launch(
     check_data(cfg, data)
     check_same_data(plan, data.key)
     if plan.resumed_from == cfg.train.steps:
-        tracker, _ = open_tracker(cfg, plan, mark_running=False)
-        on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "
-                 "to do (pass --restart to train it again)")
-        summary = _summary(cfg, plan, tracker)
-        summary.status = "COMPLETE"
-        summary.checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(plan.resumed_from)}"
-        run = tracker.client.get_run(tracker.run_id)
-        summary.metrics = dict(run.data.metrics)
-        best = ckpt.best_step_at(plan.fs, plan.run_path, plan.resumed_from)
-        if run.info.status != "FINISHED" or ckpt.best_is_broken(plan.fs, plan.run_path, best):
-            with hold(plan):  # stopped between its last checkpoint and its end
-                settle_complete(cfg, plan, tracker, on_event)
-        return summary
+        return _complete(cfg, plan, on_event, held=False)
 
     check_resources(cfg)
     with hold(plan) as lease:
+        # Again, now that no one else can: the process that held the lease until now may have
+        # trained this run further, or to its end, since it was planned.
+        plan = replace(plan, resumed_from=ckpt.resume_step(plan.fs, plan.run_path))
+        check_same_data(plan, data.key)
+        if plan.resumed_from == cfg.train.steps:
+            return _complete(cfg, plan, on_event, held=True)
         init_ray()
         return _train(cfg, plan, data.key, restart, on_event, on_progress, lease.owner)
+
+
+def _complete(cfg: ExperimentConfig, plan: RunPlan, on_event: Callable[[str], None], *,
+              held: bool) -> RunSummary:
+    """The summary of a run found complete, after finishing what a stop after its last
+    checkpoint left undone (under the lease: ``held`` says whether the caller has it)."""
+    tracker, _ = open_tracker(cfg, plan, mark_running=False)
+    on_event(f"run {plan.run_name} is already complete at step {plan.resumed_from}; nothing "
+             "to do (pass --restart to train it again)")
+    summary = _summary(cfg, plan, tracker)
+    summary.status = "COMPLETE"
+    summary.checkpoint = f"{plan.storage_uri}/{ckpt.checkpoint_name(plan.resumed_from)}"
+    run = tracker.client.get_run(tracker.run_id)
+    best = ckpt.best_step_at(plan.fs, plan.run_path, plan.resumed_from)
+    if run.info.status != "FINISHED" or ckpt.best_is_broken(plan.fs, plan.run_path, best):
+        with nullcontext() if held else hold(plan):  # stopped between its last checkpoint and its end
+            settle_complete(cfg, plan, tracker, on_event)
+    summary.metrics = dict(tracker.client.get_run(tracker.run_id).data.metrics)
+    return summary
 
 
 def hold(plan: RunPlan, *, wait: bool = False) -> RunLease:

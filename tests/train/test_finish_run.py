@@ -4,6 +4,7 @@ finds it complete: tags, the model once, and FINISHED. No Ray: the checkpoint is
 
 from __future__ import annotations
 
+import json
 import shutil
 import types
 from pathlib import Path
@@ -12,7 +13,10 @@ import pyarrow.fs as pafs
 import torch
 from paralab_testing import empty_mlflow_store
 
+from paralab.platform import data as data_module
+from paralab.platform.config.load import from_dict
 from paralab.platform.config.schema import ExperimentConfig, TrackingConfig
+from paralab.platform.storage.lease import RunLease
 from paralab.platform.tracking.mlflow import Tracker
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train import launch
@@ -84,3 +88,30 @@ def test_settling_a_complete_run_repairs_its_best_copy_and_finishes_it(tmp_path,
     assert torch.load(broken / "trainer.pt")["best_step"] == 8
     assert "completed the copy of best checkpoint 8" in events
     assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+
+def test_a_run_finished_while_this_one_waited_is_found_complete_under_the_lease(tmp_path, monkeypatch):
+    """Planned while another process still trained it, the run is complete by the time this one
+    holds the lease: it is reported complete (and its MLflow run finished), not trained again."""
+    tracker, plan = _setup(tmp_path)
+    cfg = from_dict({"name": "finish", "train": {"steps": 8}, "storage": {"uri": plan.root},
+                     "tracking": {"uri": tracker.uri, "log_model": False}})
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": ckpt.checkpoint_name(8)}}
+    (Path(plan.run_path) / ckpt.RAY_SNAPSHOT).write_text(json.dumps(snapshot))
+    stale = launch.replace(plan, resumed_from=None)  # planned before the other process ended
+    monkeypatch.setattr(launch, "plan_run", lambda *args, **kwargs: stale)
+    monkeypatch.setattr(data_module, "prepare", lambda *args, **kwargs: types.SimpleNamespace(key="k"))
+    monkeypatch.setattr(launch, "check_data", lambda *args: None)
+    monkeypatch.setattr(launch, "check_resources", lambda *args: None)
+
+    def train(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(launch, "init_ray", train)
+    events = []
+    summary = launch.launch(cfg, on_event=events.append)
+    assert summary.status == "COMPLETE" and summary.resumed_from_step == 8
+    assert any("already complete at step 8" in event for event in events)
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert RunLease(plan.fs, plan.run_path).holder() is None, "the lease is given back"

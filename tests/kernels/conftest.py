@@ -1,17 +1,8 @@
-"""Shared fixtures for the kernel tests.
+"""Shared fixtures for the kernel tests. (``tests/conftest.py`` selects Triton's interpreter
+on a machine without CUDA, before any kernel module is imported.)"""
 
-Triton only runs on CPU through its interpreter, and the interpreter is chosen when
-``@triton.jit`` decorates, so the variable must be set before any kernel module is imported.
-"""
-
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 _real_empty = torch.empty
 _real_empty_like = torch.empty_like

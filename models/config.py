@@ -71,6 +71,14 @@ class ModelConfig:
             raise ValueError(
                 f"newton_fallback_tol must be > 0 or null, got {self.newton_fallback_tol}"
             )
+        if None not in (self.newton_tol, self.newton_fallback_tol) and (
+            self.newton_tol > self.newton_fallback_tol
+        ):
+            raise ValueError(
+                f"newton_tol={self.newton_tol} is above newton_fallback_tol="
+                f"{self.newton_fallback_tol}: a solve stopped at newton_tol would be rejected and "
+                "redone sequentially every time; lower newton_tol or raise newton_fallback_tol"
+            )
         if not 0 < self.a_bound:
             raise ValueError(f"a_bound must be > 0, got {self.a_bound}")
 

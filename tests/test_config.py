@@ -74,6 +74,8 @@ BAD = [
     ("unknown-mode", "model: {mode: fastest}", [], ["model.mode", "sequential"]),
     ("unknown-strategy", "train: {strategy: zero3}", [], ["train.strategy", "fsdp"]),
     ("heads-divide", "model: {d_model: 10, heads: 4}", [], ["model.heads", "divide"]),
+    ("newton-tol-above-fallback", "model: {newton_iters: 10, newton_tol: 1.0e-3}", [],
+     ["newton_tol=0.001 is above newton_fallback_tol=0.0001", "redone sequentially"]),
     ("batch-divisible", "train: {batch_size: 5, workers: 2}", [], ["train.batch_size", "divisible"]),
     ("tuple-length", "train: {betas: [0.9, 0.95, 0.99]}", [], ["betas"]),
     ("text-needs-path", "data: {source: text}", [], ["data.path", "required"]),

@@ -52,7 +52,9 @@ class RecurrentCell(nn.Module):
     jacobian_structure: ClassVar[str] = "diagonal"
     """``diagonal`` (state [.., N]) or ``block2`` (state [.., N, 2], Jacobian [.., N, 2, 2])."""
     recurrent_rows: ClassVar[dict[str, int]] = {}
-    """Name → rows of each recurrent weight, shape [rows, N], bounded by a_bound."""
+    """Name → rows of each recurrent weight, shape [rows, N], initialised here and bounded by
+    a_bound. A parameter the transition reads without that init and bound, the subclass
+    registers and initialises itself after ``super().__init__()``; it gets its gradient too."""
     exact_newton_iters: ClassVar[int | None] = None
     """Iterations after which Newton is exact (1 for a linear cell); caps ``newton_iters``."""
 
@@ -92,25 +94,35 @@ class RecurrentCell(nn.Module):
     # ---- parameters -------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """B kaiming-uniform on fan-in D_in/H; b zero; recurrent weights N(0, 1/N) truncated
-        at 2σ, then clamped to ±a_bound (the paper's LM recipe)."""
+        """B ~ U(±√(3/fan_in)), fan-in D_in/H (variance 1/fan_in: LeCun's, half PyTorch's
+        ``kaiming_uniform_`` default); b zero; recurrent weights N(0, 1/N) truncated at 2σ,
+        then clamped to ±a_bound (the paper's LM recipe)."""
         bound = math.sqrt(3.0 / (self.d_in // self.heads))
         self.B.uniform_(-bound, bound)
         self.b.zero_()
         std = 1.0 / math.sqrt(self.hidden)
-        for name in self.recurrent_parameter_names():
+        for name in self.recurrent_rows:
             nn.init.trunc_normal_(getattr(self, name), std=std, a=-2 * std, b=2 * std)
         self.constrain_()
 
     @torch.no_grad()
     def constrain_(self) -> None:
         """Clamp the recurrent weights to [-a_bound, a_bound]; call after optimizer.step()."""
-        for name in self.recurrent_parameter_names():
+        for name in self.recurrent_rows:
             getattr(self, name).clamp_(-self.a_bound, self.a_bound)
 
     def recurrent_parameter_names(self) -> list[str]:
-        """Parameters the transition reads (besides p), in the autograd Function's order."""
-        return list(self.recurrent_rows)
+        """Every parameter the transition may read, in the autograd Function's order: the
+        ``recurrent_rows`` first, then any other a subclass registers (dotted for a submodule's),
+        so each gets its gradient. Only B and b, which make p, are left out."""
+        extra = [name for name, _ in self.named_parameters()
+                 if name not in ("B", "b") and name not in self.recurrent_rows]
+        return [*self.recurrent_rows, *extra]
+
+    def recurrent_parameters(self) -> list[nn.Parameter]:
+        """The parameters of :meth:`recurrent_parameter_names`, in that order."""
+        named = dict(self.named_parameters())
+        return [named[name] for name in self.recurrent_parameter_names()]
 
     # ---- the math a subclass defines -------------------------------------------------
     def transition(self, p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -186,7 +198,7 @@ class RecurrentCell(nn.Module):
             if states is not None:
                 return states
         sink: list[NewtonStats] | None = [] if record else None
-        params = [getattr(self, name) for name in self.recurrent_parameter_names()]
+        params = self.recurrent_parameters()
         states = NewtonRecurrence.apply(self, _SCAN_BACKENDS[mode], sink, p, h0, *params)
         if sink:
             self.last_newton_stats = sink[0]

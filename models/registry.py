@@ -18,10 +18,19 @@ _BUILTIN_MODULES = ("paragru", "paralstm", "linear_cell", "leaky_tanh")
 
 
 def register_cell(name: str, cls: type[RecurrentCell]) -> type[RecurrentCell]:
-    """Make ``cls`` available as ``model.cell: name``; returns ``cls``."""
+    """Make ``cls`` available as ``model.cell: name``; returns ``cls``.
+
+    A small instance's Jacobian is checked against its declared ``jacobian_structure`` (and
+    a hand-written ``transition_and_jacobian`` against autograd) first: either wrong would
+    train on silently wrong gradients.
+    """
+    from paralab.models.jacobian import check_jacobian
+
     existing = _CELLS.get(name)
     if existing is not None and existing is not cls:
         raise ValueError(f"cell {name!r} is already registered to {existing.__qualname__}")
+    if existing is None:
+        check_jacobian(cls(2, 4), name)
     _CELLS[name] = cls
     return cls
 

@@ -67,3 +67,60 @@ def test_register_cell_refuses_a_second_class_under_one_name(monkeypatch):
     assert get_cell("test_only_tanh") is Other
     with pytest.raises(KeyError, match="unknown cell"):
         get_cell("no_such_cell")
+
+
+def _tanh_cell(**members):
+    """A one-gate diagonal cell h' = tanh(p + A·h), with ``members`` overriding its methods."""
+    attrs = {"num_gates": 1, "recurrent_rows": {"A": 1},
+             "transition": lambda self, p, h: torch.tanh(p[..., 0, :] + self.A[0] * h)}
+    return type("TanhCell", (RecurrentCell,), {**attrs, **members})
+
+
+def test_a_cell_that_couples_units_across_its_declared_structure_is_refused(monkeypatch):
+    """Newton uses only the declared diagonal: it still converges, on wrong gradients."""
+    monkeypatch.setattr(registry, "_CELLS", dict(registry._CELLS))
+    coupled = _tanh_cell(transition=lambda self, p, h: torch.tanh(p[..., 0, :] + h.roll(1, -1)))
+    with pytest.raises(ValueError, match="'coupled' declares jacobian_structure='diagonal'.*another unit"):
+        register_cell("coupled", coupled)
+    assert "coupled" not in registry._CELLS
+
+
+def test_a_wrong_hand_written_jacobian_is_refused(monkeypatch):
+    monkeypatch.setattr(registry, "_CELLS", dict(registry._CELLS))
+
+    def transition_and_jacobian(self, p, h):
+        out = torch.tanh(p[..., 0, :] + self.A[0] * h)
+        return out, (1 - out) * self.A[0]  # should be 1 - out²
+
+    with pytest.raises(ValueError, match="'wrong_jac': its transition_and_jacobian differs"):
+        register_cell("wrong_jac", _tanh_cell(transition_and_jacobian=transition_and_jacobian))
+    register_cell("right_jac", _tanh_cell())  # the same cell with its Jacobian derived
+
+
+def test_a_parameter_outside_recurrent_rows_gets_its_gradient():
+    """A transition may read parameters that are not bounded recurrent rows (a gain, a
+    submodule); Newton's adjoint must route their gradients as the sequential loop does."""
+
+    class GainCell(_tanh_cell()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.gain = torch.nn.Parameter(torch.full((self.hidden,), 1.5))
+            self.mix = torch.nn.Linear(self.hidden, self.hidden, bias=False)
+
+        def transition(self, p, h):
+            return torch.tanh(self.gain * p[..., 0, :] + self.A[0] * h) + 0.0 * self.mix.weight.sum()
+
+    torch.manual_seed(0)
+    cell = GainCell(4, 6).double()
+    assert cell.recurrent_parameter_names() == ["A", "gain", "mix.weight"]
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    grads = {}
+    for mode in ("sequential", "parallel"):
+        cell.zero_grad()
+        cell(x, mode=mode)[0].square().sum().backward()
+        grads[mode] = {name: param.grad.clone() for name, param in cell.named_parameters()}
+    for name, want in grads["sequential"].items():
+        torch.testing.assert_close(grads["parallel"][name], want, msg=name)
+    assert grads["parallel"]["gain"].abs().sum() > 0
+    cell.constrain_()
+    assert (cell.gain == 1.5).all(), "only recurrent_rows are bounded"

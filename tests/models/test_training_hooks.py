@@ -28,17 +28,21 @@ def test_init_follows_the_recipe_and_constrain_restores_the_bound(cell):
     cells = model.cells()
     for c in cells:
         assert torch.all(c.b == 0)
-        bound = math.sqrt(3 / (c.d_in // c.heads))
+        bound = math.sqrt(3 / (c.d_in // c.heads))  # U(±bound): variance 1/fan_in
         assert c.B.abs().max() <= bound
-        for name in c.recurrent_parameter_names():
-            assert getattr(c, name).abs().max() <= 0.3
+        assert abs(c.B.std().item() - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3)
+        for name in c.recurrent_rows:
+            weight = getattr(c, name)
+            assert weight.abs().max() <= 0.3
+            # N(0, 1/N) truncated at 2σ (σ = 0.25 here), then clamped to 0.3.
+            assert 0.15 < weight.std().item() < 0.25, name
     optimizer = torch.optim.SGD(model.parameters(), lr=100.0)
     model(torch.randint(0, 31, (2, 8))).square().mean().backward()
     optimizer.step()
     assert max(c.A.abs().max().item() for c in cells) > 0.3
     model.constrain_()
     for c in cells:
-        for name in c.recurrent_parameter_names():
+        for name in c.recurrent_rows:
             assert getattr(c, name).abs().max() <= 0.3
 
 

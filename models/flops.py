@@ -19,7 +19,7 @@ FLOPs, per token, forward + backward (:func:`flops_breakdown`)
   input element of a reduction) while the cell runs (:func:`cell_unit_flops`), plus
   Newton's bookkeeping and the scans:
 
-      Newton forward  = f + n·(f&J + 4s + scan) + [f + 3s if the fallback check is on]
+      Newton forward  = f + n·(f&J + 4s + scan) + f + 3s   (the last: the final residual)
       Newton backward = f&J + scan + f + vjp(f)
       sequential      = f forward, vjp(f) backward
 
@@ -116,9 +116,9 @@ def recurrence_unit_flops(cfg: ModelConfig) -> int:
     if cell.exact_newton_iters is not None:
         iters = min(iters, cell.exact_newton_iters)
     f, fj = unit["transition"], unit["transition_and_jacobian"]
-    forward = f + iters * (fj + 4 * state + scan)
-    if cfg.newton_fallback_tol is not None:
-        forward += f + 3 * state
+    # The final residual is computed on every call (the fallback check and the logged Newton
+    # residuals read it), with or without newton_fallback_tol.
+    forward = f + iters * (fj + 4 * state + scan) + f + 3 * state
     backward = fj + scan + f + unit["vjp"]
     return forward + backward
 
@@ -142,7 +142,7 @@ def cell_unit_flops(cell_name: str) -> dict[str, int]:
         counts["transition_and_jacobian"].append(counter.flops)
         out = cell.transition(p, h)
         with _PointwiseCounter() as counter:
-            recurrent = [getattr(cell, name) for name in cell.recurrent_parameter_names()]
+            recurrent = cell.recurrent_parameters()
             torch.autograd.grad(out, [p, h, *recurrent], torch.ones_like(out))
         counts["vjp"].append(counter.flops)
     return {name: second - first for name, (first, second) in counts.items()}

@@ -21,7 +21,9 @@ import numpy as np
 
 HUBER_DELTA = 1e-3
 MIN_POINTS = 6
-"""Five parameters; one point more to have a residual."""
+"""Five parameters; one distinct (N, D) point more to have a residual."""
+MIN_DISTINCT = 3
+"""Sizes (and token counts) at least: through two, the exponent and the floor trade freely."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ class JointFit:
 def fit_joint(params, tokens, metric) -> JointFit:
     """Fit ``metric ≈ E + A/N^α + B/D^β``.
 
-    Raises ``ValueError`` when the trials cannot separate N from D: fewer than six, fewer than
-    two sizes or token counts, or tokens that are a fixed power of size (every trial on one
-    line in log–log), and for non-positive or non-finite values.
+    Raises ``ValueError`` when the trials cannot determine it: fewer than six distinct
+    (N, D) pairs, fewer than three sizes or token counts, or tokens that are a fixed power of
+    size (every trial on one line in log–log), and for non-positive or non-finite values.
     """
     from scipy.optimize import least_squares
     from scipy.special import logsumexp
@@ -74,9 +76,18 @@ def fit_joint(params, tokens, metric) -> JointFit:
     if len(y) < MIN_POINTS:
         raise ValueError(f"{len(y)} trial(s); a joint fit of five parameters needs at least {MIN_POINTS}")
     ln_n, ln_d, ln_y = np.log(n), np.log(d), np.log(y)
-    if len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
-        which = "model size" if len(np.unique(n)) < 2 else "token count"
-        raise ValueError(f"every trial has the same {which}; a joint fit needs both to vary")
+    for values, which in ((n, "model size"), (d, "token count")):
+        distinct = len(np.unique(values))
+        if distinct < 2:
+            raise ValueError(f"every trial has the same {which}; a joint fit needs both to vary")
+        if distinct < MIN_DISTINCT:
+            # Two sizes fit any curvature exactly: the exponent trades against the floor.
+            raise ValueError(f"only {distinct} distinct {which}s; a joint fit needs at least "
+                             f"{MIN_DISTINCT} of each to tell its exponent from the floor")
+    pairs = len(set(zip(n.tolist(), d.tolist())))
+    if pairs < MIN_POINTS:
+        raise ValueError(f"only {pairs} distinct (size, tokens) pairs (repeats add no "
+                         f"information on the law's shape); a joint fit needs at least {MIN_POINTS}")
     if abs(np.corrcoef(ln_n, ln_d)[0, 1]) > 0.999:
         raise ValueError("tokens are a fixed power of size in every trial; sizes and token counts "
                          "must vary independently (e.g. an IsoFLOP grid)")  # fmt: skip

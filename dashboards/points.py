@@ -3,11 +3,15 @@
 A point's scale comes from the trial's exact config, rebuilt from the sweep YAML and the
 values its MLflow run is tagged with, never from logged strings: non-embedding parameters
 and training FLOPs are the closed forms of ``paralab.models.flops``, and tokens are
-steps × batch × sequence length. The metric is the last value the run logged.
+steps × batch × sequence length. The metric is the last value the run logged; a trial whose
+metric is not finite (diverged) is left out and listed, and a trial run more than once
+counts by its newest finished run.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +81,10 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
     parent = find_sweep_run(client, plan)
     # Its children, and runs it reused from an earlier sweep (an extended grid).
     children = sweep_runs(client, parent.info.experiment_id, parent.info.run_id, plan.sweep_id)
-    points, skipped = [], []
-    for run in sorted(children, key=lambda r: r.info.start_time or 0):
+    points: list[ScalingPoint] = []
+    skipped: list[tuple[str, str]] = []
+    latest: dict[str, str] = {}  # trial values → label of the newest finished run of them
+    for run in sorted(children, key=lambda r: r.info.start_time or 0, reverse=True):
         label = run.data.tags.get("mlflow.runName", run.info.run_id)
         if run.info.status != "FINISHED":
             stopped = run.data.tags.get("paralab.sweep.stopped_at_step")
@@ -89,10 +95,20 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
         if values is None:
             skipped.append((label, "not a trial of this sweep (no values tag)"))
             continue
+        # One point per trial: a trial trained again (the sweep re-run after a code change,
+        # which gives its runs a new identity) counts once, by its newest run.
+        trial = json.dumps(values, sort_keys=True, default=str)
+        if trial in latest:
+            skipped.append((label, f"superseded by a newer run of the same trial ({latest[trial]})"))
+            continue
         metric = run.data.metrics.get(scaling.metric)
         if metric is None:
             skipped.append((label, f"never logged {scaling.metric}"))
             continue
+        if not math.isfinite(metric):
+            skipped.append((label, f"{scaling.metric} is {metric} (the run diverged)"))
+            continue
+        latest[trial] = label
         cfg = plan.trial_cfg(values)
         tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
         points.append(ScalingPoint(
@@ -102,5 +118,18 @@ def collect_points(client, plan, scaling) -> tuple[Any, list[ScalingPoint], list
             flops=training_flops_per_token(cfg.model, cfg.data.seq_len) * tokens,
             tokens=tokens, metric=float(metric), budget=cfg.train.flops_budget,
         ))  # fmt: skip
-    points.sort(key=lambda p: (p.group, p.params, p.tokens))  # by group, then scale
+    points.sort(key=lambda p: (_sortable(p.group), p.params, p.tokens))  # by group, then scale
+    skipped.reverse()  # oldest first, as the runs were made
     return parent, points, skipped
+
+
+def _sortable(group: tuple[tuple[str, Any], ...]) -> tuple:
+    """A group's sort key: numbers in order, then text; None (``null``) first."""
+    def rank(value: Any) -> tuple:
+        if value is None:
+            return (0, 0)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (1, value)
+        return (2, str(value))
+
+    return tuple((key, rank(value)) for key, value in group)

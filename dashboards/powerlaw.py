@@ -3,8 +3,9 @@
 Scaling studies fit loss against parameters or compute over a few orders of magnitude, with
 a floor E (the loss no scale removes). The fit minimises the squared error of log(metric):
 each point counts by its relative error, as on the log–log plots where it is read. With
-fewer than four points a three-parameter fit is not identified, so E is held at 0 and the
-law is a straight line in log–log.
+fewer than four distinct x (repeats, such as seeds, do not count) a three-parameter fit is
+not identified, so E is held at 0 and the law is a straight line in log–log. A fit that
+ends on a bound of α or E says so in :attr:`PowerLawFit.note`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ class PowerLawFit:
     alpha: float
     alpha_stderr: float | None
     """Standard error of α from the fit's Jacobian; None when there is no residual dof."""
+    dof: int
+    """Residual degrees of freedom behind ``alpha_stderr``: with one or two, it is rough."""
     r2_log: float
     """R² of log(metric) (1 is a perfect fit)."""
     n: int
     x_min: float
     x_max: float
     floor_fitted: bool
-    """False when E was held at 0 (fewer than four points)."""
+    """False when E was held at 0 (fewer than four distinct x)."""
+    note: str | None = None
+    """Why the fit should not be read as a law: it ended on a bound of α or E."""
 
     def predict(self, x) -> np.ndarray:
         return self.E + self.A * np.asarray(x, dtype=float) ** (-self.alpha)
@@ -70,7 +75,7 @@ def fit_power_law(x, y) -> PowerLawFit:
     # small studies.
     slope, intercept = np.polyfit(lx, ly, 1)
     alpha0, log_a0 = max(-slope, 0.0), intercept
-    floor = len(x) >= MIN_POINTS_WITH_FLOOR
+    floor = len(np.unique(x)) >= MIN_POINTS_WITH_FLOOR
 
     def model(theta):
         log_a, alpha = theta[0], theta[1]
@@ -104,9 +109,22 @@ def fit_power_law(x, y) -> PowerLawFit:
         A=float(math.exp(theta[0])),
         alpha=float(theta[1]),
         alpha_stderr=alpha_stderr,
+        dof=dof,
         r2_log=float(r2),
         n=len(x),
         x_min=float(x.min()),
         x_max=float(x.max()),
         floor_fitted=floor,
+        note=_on_bound(theta, upper, floor),
     )
+
+
+def _on_bound(theta: np.ndarray, upper: list[float], floor: bool) -> str | None:
+    alpha = theta[1]
+    if alpha <= 1e-6:
+        return "α is 0: the metric does not fall as x grows"
+    if alpha >= upper[1] * (1 - 1e-6):
+        return f"α reached its bound {upper[1]:g}"
+    if floor and theta[2] >= upper[2] * (1 - 1e-6):
+        return "E reached the smallest metric: the floor is not determined by these points"
+    return None

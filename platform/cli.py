@@ -236,8 +236,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column in ("group", "x") else "right")
     for (label, axis), fit in study.fits.items():
         if isinstance(fit, PowerLawFit):
-            se = f" ± {fit.alpha_stderr:.2g}" if fit.alpha_stderr is not None else ""
-            table.add_row(escape(label), axis, f"{fit.alpha:.3f}{se}", f"{fit.A:.4g}",
+            se = f" ± {fit.alpha_stderr:.2g} ({fit.dof} dof)" if fit.alpha_stderr is not None else ""
+            mark = " [yellow]⚠[/]" if fit.note else ""
+            table.add_row(escape(label), axis, f"{fit.alpha:.3f}{se}{mark}", f"{fit.A:.4g}",
                           f"{fit.E:.4g}" if fit.floor_fitted else "0 (held)",
                           f"{fit.r2_log:.3f}", str(fit.n))  # fmt: skip
         else:
@@ -251,6 +252,12 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         if not isinstance(fit, PowerLawFit):
             console.print(f"[yellow]no fit[/] for {escape(label)} against {axis}: {escape(fit)}",
                           soft_wrap=True)
+        elif fit.note:
+            console.print(f"[yellow]⚠[/] {escape(label)} against {axis}: {escape(fit.note)}",
+                          soft_wrap=True)
+    for label, budgets in study.frontier.items():
+        console.print(f"{escape(label)}: fitted to the best trial at each of its {budgets} budgets "
+                      "(IsoFLOP trials)", soft_wrap=True)
     for label, why in study.skipped:
         console.print(f"[yellow]left out[/] {escape(label)}: {escape(why)}", soft_wrap=True)
     beside = ", ".join(name for name in study.files if name != "scaling.md")

@@ -49,8 +49,12 @@ def test_noise_and_an_outlier():
         ([1e6] * 6, [1e9, 2e9, 4e9, 8e9, 1.6e10, 3.2e10], "every trial has the same model size"),
         ([1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7], [2e10, 1e10, 5e9, 2.5e9, 1.25e9, 6.25e8],
          "tokens are a fixed power of size"),
+        # 2 sizes × 3 token counts of the exact law: fitted, it gave α = 0.22 (0.34) and
+        # E = 0.38 (1.69) at R² = 1.
+        ([1e7] * 3 + [1e8] * 3, [1e9, 1e10, 1e11] * 2, "only 2 distinct model sizes"),
+        ([1e6, 2e6, 4e6] * 2, [1e9, 2e9, 4e9] * 2, "only 3 distinct (size, tokens) pairs"),
     ],
-    ids=["too-few", "tokens-fixed", "size-fixed", "one-budget"],
+    ids=["too-few", "tokens-fixed", "size-fixed", "one-budget", "two-sizes", "repeats"],
 )
 def test_trials_that_cannot_separate_n_from_d(n, d, message):
     n, d = np.array(n), np.array(d)

@@ -39,6 +39,30 @@ def test_few_points_hold_the_floor_at_zero():
     assert two.alpha == pytest.approx(0.2, rel=1e-6) and two.alpha_stderr is None
 
 
+def test_the_floor_needs_four_distinct_sizes_not_four_trials():
+    """2 sizes × 2 seeds gave E = 1.24, α = 0.146 ± 29479 with the floor fitted."""
+    x = np.array([1e6, 1e6, 4e6, 4e6])
+    fit = fit_power_law(x, 2.0 + 30.0 * x**-0.3 * np.array([1.0, 1.002, 1.0, 0.998]))
+    assert not fit.floor_fitted and fit.E == 0.0 and fit.dof == 2
+
+
+@pytest.mark.parametrize(
+    ("y", "note"),
+    [([3.0, 3.1, 3.2, 3.3, 3.4], "α is 0: the metric does not fall"),
+     ([10.0, 1.0, 1.0, 1.0, 1.0], "α reached its bound 10"),
+     ([5.0, 1.2, 1.1, 1.05, 1.0], "E reached the smallest metric")],
+    ids=["rising", "a-step", "floor-at-the-last-point"],
+)
+def test_a_fit_on_a_bound_says_so(y, note):
+    fit = fit_power_law(np.geomspace(1e5, 1e7, 5), y)
+    assert fit.note is not None and note in fit.note, fit
+
+
+def test_a_clean_fit_has_no_note():
+    x = np.geomspace(1e4, 1e8, 7)
+    assert fit_power_law(x, 1.7 + 40.0 * x**-0.3).note is None
+
+
 def test_formula_reads_like_the_law():
     fit = fit_power_law([1e3, 1e4, 1e5, 1e6], [3.0, 2.0, 1.5, 1.25])
     assert fit.formula("N").startswith(f"{fit.E:.4g} + ")

@@ -9,6 +9,7 @@ runs a real (tiny) sweep on Ray and fits it.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -116,6 +117,10 @@ def test_a_group_with_one_width_says_why_it_has_no_fit(tmp_path):
     proc = run_paralab(home, "scaling", str(STUDY), *overrides)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no fit" in proc.stdout and "two distinct x" in proc.stdout
+    # Logged as NaN: a value from an earlier fit of this sweep must not stay the latest.
+    parent = mlflow_at(home).search_runs([mlflow_at(home).get_experiment_by_name(
+        plan_sweep(STUDY, overrides).experiment).experiment_id], "tags.`paralab.kind` = 'sweep'")[0]
+    assert math.isnan(parent.data.metrics["scaling.model.cell_paralstm.params.alpha"])
 
 
 @pytest.mark.slow
@@ -202,6 +207,17 @@ def test_isoflop_study_finds_each_budgets_optimum(tmp_path):
     assert all(p["flops_budget"] in (3e10, 1e11, 3e11) for p in doc["points"])
     report = (folder / "scaling.md").read_text()
     assert "## IsoFLOP" in report and "![IsoFLOP](isoflop.png)" in report
+    # The per-axis laws are fitted to the best trial of each budget, and the report says so.
+    for fit in doc["fits"]:
+        assert fit["n"] == 3, fit
+    best = {}
+    for p in doc["points"]:
+        if p["flops_budget"] not in best or p["val_loss"] < best[p["flops_budget"]]["val_loss"]:
+            best[p["flops_budget"]] = p
+    (flops_fit,) = [f for f in doc["fits"] if f["x"] == "flops"]
+    assert flops_fit["x_min"] == min(p["flops"] for p in best.values())
+    assert flops_fit["x_max"] == max(p["flops"] for p in best.values())
+    assert "fitted to the best trial at each of its 3 budgets" in report
     assert (folder / "isoflop.png").stat().st_size > 10_000
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert metrics["scaling.all trials.isoflop.params_exponent"] == pytest.approx(
@@ -221,3 +237,44 @@ def test_a_budget_too_small_for_one_step_is_one_line(tmp_path):
                        "sweep.params[train.flops_budget].values=[1e3]")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train.flops_budget=1e+03 is less than one optimizer step" in proc.stderr
+
+
+def test_diverged_and_repeated_trials(tmp_path):
+    """A trial that diverged (val_loss NaN) is left out and named, not a group's every fit
+    lost; a trial trained again (a sweep re-run after a code change) counts once, by its
+    newest run; the JSON stays strict."""
+    home = tmp_path / "home"
+    client, parent_id = _record_sweep(home, killed=(None, None))
+    exp_id = client.get_run(parent_id).info.experiment_id
+    plan = plan_sweep(STUDY, OVERRIDES)
+
+    def child(values, loss, name):
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent_id,
+                                              VALUES_TAG: json.dumps(values), "mlflow.runName": name})
+        client.log_metric(run.info.run_id, "val_loss", loss, step=1)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    first, second = plan.trials[0], plan.trials[1]
+    time.sleep(0.01)
+    child(first, 9.0, "retrained")  # newer than the first run of these values: it counts
+    child(second, float("nan"), "diverged")  # newer, but diverged: the older run counts
+    proc = run_paralab(home, "scaling", str(STUDY), *OVERRIDES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (folder,) = (home / ".paralab" / "scaling").iterdir()
+    doc = json.loads((folder / "scaling.json").read_text(),
+                     parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
+    assert len(doc["points"]) == 10  # 2 cells × 5 widths, each once
+    by_trial = {p["trial"]: p for p in doc["points"]}
+    assert by_trial["retrained"]["val_loss"] == 9.0
+    reasons = {s["trial"]: s["reason"] for s in doc["skipped"]}
+    assert reasons["diverged"] == "val_loss is nan (the run diverged)"
+    superseded = [why for why in reasons.values() if why.startswith("superseded")]
+    assert superseded == ["superseded by a newer run of the same trial (retrained)"]
+    assert all(isinstance(f.get("alpha"), float) for f in doc["fits"]), "every group still fits"
+
+
+def test_groups_sort_with_null_values():
+    from paralab.dashboards.points import _sortable
+
+    groups = [(("model.d_hidden", 32),), (("model.d_hidden", None),), (("model.d_hidden", 8),)]
+    assert sorted(groups, key=_sortable) == [groups[1], groups[2], groups[0]]

@@ -79,6 +79,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # Everything `paralab sweep` checks before it starts: the spaces, the metric, the
         # scheduler, and the scaling section's keys.
         plan_sweep(args.file, args.overrides)
+    elif cfg.scaling is not None:
+        console.print(f"[yellow]note[/]: {escape(args.file)} has a scaling: section but no sweep:, "
+                      "and `paralab scaling` fits a sweep's trials; add a sweep: section",
+                      soft_wrap=True)
     console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
     console.print(f"[green]valid[/]: {args.file} (run identity {run_identity(cfg)})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -108,6 +109,8 @@ BAD = [
     ("override-list-expected", "", ["train.betas=0.9"],
      ["train.betas: expected a list, e.g. [0.9]; got float 0.9"]),
     ("unsupported-value", "name: !!set {a: null}", [], ["name:", "set"]),
+    ("yaml-bool-for-text", "name: no", [], ["name: expected text, got boolean False", "quote it"]),
+    ("override-bool-for-text", "", ["tracking.experiment=off"], ["tracking.experiment: expected text"]),
 ]
 
 
@@ -277,3 +280,18 @@ def test_to_yaml_round_trips_float_like_strings(tmp_path):
     cfg = load_experiment(None, ["name='1e3'", "sweep.params[model.cell].values=['1e-3', -.5]"])
     assert cfg.name == "1e3" and cfg.sweep.params["model.cell"].values == ["1e-3", -0.5]
     assert load_experiment(write(tmp_path, to_yaml(cfg))) == cfg
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {path}: not UTF-8 text (byte 0xe9 at offset 9); save it as UTF-8"
+
+
+def test_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """experiments/scaling/cells.yaml has α and ≈ in its comments."""
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = "from paralab.platform.config.load import load_experiment as l; l('experiments/scaling/cells.yaml')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

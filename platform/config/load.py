@@ -90,7 +90,13 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: file not found")
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected an experiment YAML file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")  # whatever the locale: YAML files are UTF-8
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
@@ -206,6 +212,10 @@ def _check_mappings(tp: Any, value: Any, path: str, source: str) -> None:
         if not (OmegaConf.is_list(value) or isinstance(value, (list, tuple))):
             example = "" if is_mapping else f", e.g. [{value}]"
             raise ConfigError(f"{source}: {path}: expected a list{example}; got {_shown(value)}")
+    elif tp is str and isinstance(value, bool):
+        # YAML 1.1 reads yes/no/on/off as booleans; text fields must not become 'True'.
+        raise ConfigError(f"{source}: {path}: expected text, got boolean {value} (YAML reads "
+                          "yes/no/on/off/true/false as booleans); quote it")
     elif typing.get_origin(tp) is dict:
         item_type = typing.get_args(tp)[1]
         if not is_mapping:

@@ -265,6 +265,8 @@ class SearchConfig:
             return f"type must be one of {SEARCHES}, got {self.type!r}"
         if self.startup_trials < 1:
             return f"startup_trials must be >= 1, got {self.startup_trials}"
+        if not 0 <= self.seed < 2**32:  # what numpy's and optuna's samplers accept
+            return f"seed must be in [0, 2**32 - 1], got {self.seed}"
         return None
 
 

@@ -59,8 +59,10 @@ def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None,
     if misfit:  # a plan for a cluster, dry-run on a laptop
         notes.append(f"[yellow]not on this machine[/]: {misfit}")
     else:
+        capped = sweep.max_concurrent_trials
         notes.append(f"up to {at_once} trial(s) at a time on {where}" if at_once else
-                     "on $RAY_ADDRESS: as many at a time as the cluster fits")
+                     f"on $RAY_ADDRESS: up to {capped} at a time (sweep.max_concurrent_trials)"
+                     if capped else "on $RAY_ADDRESS: as many at a time as the cluster fits")
     if sweep.time_budget_s:
         notes.append(f"time budget {sweep.time_budget_s:g} s")
     return Group(title, table, *notes)

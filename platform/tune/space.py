@@ -30,6 +30,8 @@ def plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 
@@ -49,6 +51,8 @@ def to_domain(space: SpaceConfig, search: str) -> Any:
     if space.type == "randint":  # inclusive here, exclusive upper end in Tune
         return tune.randint(int(space.low), int(space.high) + 1)
     if space.type == "qrandint":
+        if space.q == 1:  # Tune's qrandint leaves out its upper end when q is 1
+            return tune.randint(int(space.low), int(space.high) + 1)
         return tune.qrandint(int(space.low), int(space.high), space.q)
     raise ValueError(f"unknown space type {space.type!r}")
 
@@ -78,7 +82,7 @@ def override(key: str, value: Any) -> str:
 _SOURCE = re.compile(r"^.*?(?:overrides|<config>): ")
 
 
-def _reason(err: ConfigError) -> str:
+def reason(err: ConfigError) -> str:
     """The loader's message without the file/overrides prefix it starts with."""
     return _SOURCE.sub("", str(err), count=1)
 
@@ -98,7 +102,7 @@ def check_params(path: str | Path, overrides: list[str] | tuple[str, ...], sweep
                 load_experiment(path, [*base, override(key, value)])
             except ConfigError as err:
                 raise ConfigError(
-                    f"{path}: sweep.params.{key}={json.dumps(plain(value))}: {_reason(err)}"
+                    f"{path}: sweep.params.{key}={json.dumps(plain(value))}: {reason(err)}"
                 ) from None
     enumerable = {k: s for k, s in sweep.params.items() if s.type in ENUMERABLE}
     if len(enumerable) < 2:
@@ -112,11 +116,15 @@ def check_params(path: str | Path, overrides: list[str] | tuple[str, ...], sweep
             load_experiment(path, [*base, *(override(k, v) for k, v in zip(keys, values))])
         except ConfigError as err:
             combo = " ".join(f"{k}={json.dumps(plain(v))}" for k, v in zip(keys, values))
-            raise ConfigError(f"{path}: sweep.params combination {combo}: {_reason(err)}") from None
+            raise ConfigError(f"{path}: sweep.params combination {combo}: {reason(err)}") from None
 
 
 def apply(tree: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of an experiment tree (``to_dict`` output) with each dotted key set to its value."""
+    """A copy of an experiment tree (``to_dict`` output) with each dotted key set to its value.
+
+    A mapping value is merged into the section it names, as the same ``key=value`` override
+    is: ``model: {n_layers: 3}`` changes the layers and keeps the file's other model keys.
+    """
     out = copy.deepcopy(dict(tree))
     for key, value in values.items():
         node = out
@@ -126,8 +134,16 @@ def apply(tree: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 child = node[part] = {}
             node = child
-        node[leaf] = plain(value)
+        _set(node, leaf, plain(value))
     return out
+
+
+def _set(node: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for sub, item in value.items():
+            _set(node[key], sub, item)
+    else:
+        node[key] = value
 
 
 def _short(key: str, keys: list[str]) -> str:

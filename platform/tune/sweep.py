@@ -18,10 +18,12 @@ Where things go, for a sweep ``<name>-<sweep id>`` (the id hashes the resolved e
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,23 +165,60 @@ def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     spaces.check_params(path, list(overrides), cfg.sweep)
     plan = SweepPlan(str(path), list(overrides), cfg, sweep_id(cfg), [], Resources(0, 0, 0))
     plan.trials = spaces.expand(cfg.sweep)
+    trial_cfgs = _listed_trials(plan)
     plan.per_trial = _largest_trial(plan)
     _refuse_pbt(plan)
-    _check_metric(path, cfg)
+    for values, trial in zip(plan.trials, trial_cfgs) if plan.trials else [(None, cfg)]:
+        _check_metric(path, cfg.sweep.metric, trial, values)
+    _check_asha(plan)
     _check_scaling_keys(path, cfg)
     return plan
 
 
+def _listed_trials(plan: SweepPlan) -> list[ExperimentConfig]:
+    """Every listed trial's config, built as its run will be: values that pass alone but not
+    together (``model.heads`` drawn not dividing ``model.d_model``) fail here, naming the trial."""
+    built = []
+    for index, values in enumerate(plan.trials):
+        try:
+            built.append(plan.trial_cfg(values))
+        except ConfigError as err:
+            raise ConfigError(f"{plan.path}: sweep trial #{index} ({spaces.trial_label(values)}): "
+                              f"{spaces.reason(err)}") from None
+    return built
+
+
+def _check_asha(plan: SweepPlan) -> None:
+    """ASHA with every rung past the trials' end stops nothing; say so rather than run a
+    sweep that silently is not one."""
+    scheduler = plan.sweep.scheduler
+    if scheduler.type != "asha" or scheduler.max_t is not None:
+        return  # an explicit max_t is checked against grace_period by the schema
+    steps = plan.max_steps()
+    if scheduler.grace_period >= steps:
+        raise ConfigError(
+            f"{plan.path}: sweep.scheduler.grace_period={scheduler.grace_period} is not below the "
+            f"trials' {steps} steps, so ASHA would stop no trial; lower grace_period, train "
+            "longer, or use scheduler.type=fifo"
+        )
+
+
 def _check_scaling_keys(path: str | Path, cfg: ExperimentConfig) -> None:
-    """A typo in ``scaling.group_by`` would otherwise surface in ``paralab scaling``, after
-    every trial has trained."""
+    """A typo in ``scaling.group_by`` or ``scaling.metric`` would otherwise surface in
+    ``paralab scaling``, after every trial has trained."""
     from paralab.dashboards.points import lookup
 
-    for key in cfg.scaling.group_by if cfg.scaling is not None else ():
+    if cfg.scaling is None:
+        return
+    for key in cfg.scaling.group_by:
         try:
             lookup(cfg, key)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
+    metric = cfg.scaling.metric
+    if metric not in EVAL_METRICS + STEP_METRICS and not NEWTON_METRIC.match(metric):
+        raise ConfigError(f"{path}: scaling.metric={metric!r} is not a logged metric; use one of "
+                          f"{', '.join(EVAL_METRICS + STEP_METRICS)} or newton/…")
 
 
 EVAL_METRICS = ("val_loss", "val_ppl")
@@ -188,31 +227,53 @@ STEP_METRICS = ("loss", "grad_norm", "lr", "tokens_per_s", "model_tflops_per_s",
 """In a report only when its step is also a logging step (``train.log_every``)."""
 
 
-def _check_metric(path: str | Path, cfg: ExperimentConfig) -> None:
-    """``sweep.metric`` must be in the reports Tune ranks trials by; a typo would otherwise
-    fail inside Tune, after the trials have trained."""
-    metric, tc = cfg.sweep.metric, cfg.train
-    if metric in EVAL_METRICS or metric.startswith("newton/"):
+NEWTON_METRIC = re.compile(r"^newton/(?:residual_(\d+)|iterations|fallbacks)$")
+"""Step metrics of a ParaRNN's Newton solves (``ParaRNNLM.newton_stats``)."""
+
+
+def _check_metric(path: str | Path, metric: str, cfg: ExperimentConfig,
+                  values: dict[str, Any] | None) -> None:
+    """``sweep.metric`` must be in every report Tune ranks a trial by (Tune fails a trial at
+    its first report without it, after it has started training): checked for the base config
+    and for each listed trial, which may sweep the keys that decide it."""
+    tc, model = cfg.train, cfg.model
+    where = f"{path}: " + (f"in trial {spaces.trial_label(values)}, " if values else "")
+    if metric in EVAL_METRICS:
         return
-    if metric not in STEP_METRICS:
+    newton = NEWTON_METRIC.match(metric)
+    if metric not in STEP_METRICS and not newton:
         raise ConfigError(
-            f"{path}: sweep.metric={metric!r} is not a reported metric; use one of "
-            f"{', '.join(EVAL_METRICS + STEP_METRICS)} or newton/…"
+            f"{where}sweep.metric={metric!r} is not a reported metric; use one of "
+            f"{', '.join(EVAL_METRICS + STEP_METRICS)}, newton/residual_<k>, newton/iterations "
+            "or newton/fallbacks"
         )
+    if metric == "mfu" and not tc.use_gpu:
+        raise ConfigError(f"{where}sweep.metric='mfu' is reported only on GPUs whose peak FLOPs "
+                          "are known (train.use_gpu=true); rank by tokens_per_s instead")
+    if newton and metric != "newton/fallbacks":
+        if model.arch != "pararnn" or model.mode == "sequential":
+            raise ConfigError(f"{where}sweep.metric={metric!r}: a model with model.arch="
+                              f"{model.arch}, model.mode={model.mode} runs no Newton solve")
+        if newton.group(1) is not None and int(newton.group(1)) > model.newton_iters:
+            raise ConfigError(f"{where}sweep.metric={metric!r}: the residuals run from 0 to "
+                              f"model.newton_iters={model.newton_iters}")
     if tc.eval_every % tc.log_every or tc.checkpoint_every % tc.log_every:
         raise ConfigError(
-            f"{path}: sweep.metric={metric!r} is logged every train.log_every={tc.log_every} "
+            f"{where}sweep.metric={metric!r} is logged every train.log_every={tc.log_every} "
             f"steps, which must divide train.eval_every={tc.eval_every} and "
             f"train.checkpoint_every={tc.checkpoint_every} for Tune to see it in every report"
         )
 
 
 def _largest_trial(plan: SweepPlan) -> Resources:
+    """The most any trial can take: every combination of the swept resource keys' extreme
+    values (optuna may suggest later what the listed trials do not show)."""
     candidates = [plan.cfg]
     swept = [k for k in plan.sweep.params if k in RESOURCE_KEYS]
     if swept:
-        probes = {k: spaces.probe_values(plan.sweep.params[k]) for k in swept}
-        candidates += [plan.trial_cfg({k: v}) for k, values in probes.items() for v in values]
+        probes = [spaces.probe_values(plan.sweep.params[k]) for k in swept]
+        candidates += [plan.trial_cfg(dict(zip(swept, combo)))
+                       for combo in itertools.product(*probes)]  # fmt: skip
         candidates += [plan.trial_cfg({k: t[k] for k in swept}) for t in plan.trials]
     workers = max(c.train.workers for c in candidates)
     cpus = max(c.train.workers * c.train.cpus_per_worker for c in candidates)
@@ -385,7 +446,8 @@ def run_sweep(
 
     # Everything that can fail on bad input fails here, before anything is recorded.
     on_event("preparing data")
-    data = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url)
+    data = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url,
+                   region=plan.cfg.storage.region)
     data_swept = any(k.startswith("data.") for k in plan.sweep.params)
     for values in plan.trials if plan.exact and not data_swept else []:
         check_data(plan.trial_cfg(values), data)  # e.g. a swept batch size the data can't fill

@@ -101,6 +101,10 @@ def test_bad_space_through_the_real_cli(tmp_path):
     ("scheduler: {type: asha, grace_period: 0}\n  ", "sweep.scheduler.grace_period must be >= 1"),
     ("num_samples: 0\n  ", "sweep.num_samples must be >= 1"),
     ("metric: val_los\n  ", "sweep.metric='val_los' is not a reported metric; use one of val_loss"),
+    ("metric: newton/bogus\n  ", "sweep.metric='newton/bogus' is not a reported metric"),
+    ("metric: mfu\n  ", "sweep.metric='mfu' is reported only on GPUs"),
+    ("metric: newton/residual_9\n  ", "the residuals run from 0 to model.newton_iters="),
+    ("search: {seed: -1}\n  ", "sweep.search.seed must be in [0, 2**32 - 1], got -1"),
 ])
 def test_bad_sweep_settings(extra, expected, tmp_path):
     path = sweep_file(tmp_path, "model.newton_iters: {type: randint, low: 1, high: 4}\n    "
@@ -115,6 +119,56 @@ def test_a_step_metric_must_be_logged_at_every_report(tmp_path):
     plan_sweep(path, ["train.log_every=10", "train.eval_every=100", "train.checkpoint_every=200"])
     with pytest.raises(ConfigError, match=r"train.log_every=30 steps, which must divide train.eval_every=100"):
         plan_sweep(path, ["train.log_every=30", "train.eval_every=100"])
+
+
+def test_the_metric_is_checked_for_every_listed_trial(tmp_path):
+    """A trial may sweep what decides whether the metric is reported at all."""
+    path = sweep_file(tmp_path, "model.mode: {type: grid, values: [parallel, sequential]}",
+                      "metric: newton/iterations\n  ")
+    with pytest.raises(ConfigError, match=r"in trial mode=sequential, sweep.metric='newton/iterations'"
+                                          r": a model with model.arch=pararnn, model.mode=sequential runs no Newton"):
+        plan_sweep(path)
+    path = sweep_file(tmp_path, "train.log_every: {type: grid, values: [2, 3]}", "metric: loss\n  ")
+    with pytest.raises(ConfigError, match=r"in trial log_every=3, .*train.log_every=3 steps, which must divide"):
+        plan_sweep(path, ["train.eval_every=4", "train.checkpoint_every=8"])
+
+
+def test_a_drawn_trial_that_does_not_build_is_named(tmp_path):
+    """The ends of a range pass alone; a value drawn between them may not (3 heads of 96
+    divide, 5 do not): every listed trial is built before the sweep starts."""
+    path = sweep_file(tmp_path, "model.heads: {type: randint, low: 1, high: 6}", "num_samples: 12\n  ")
+    with pytest.raises(ConfigError, match=r"sweep trial #\d+ \(heads=5\): model.heads=5 must divide"):
+        plan_sweep(path)
+
+
+def test_asha_that_can_stop_nothing_is_refused(tmp_path):
+    path = sweep_file(tmp_path, "train.lr: {type: grid, values: [0.001, 0.01]}",
+                      "scheduler: {type: asha, grace_period: 50}\n  ")
+    with pytest.raises(ConfigError, match=r"grace_period=50 is not below the trials' 8 steps, so ASHA would stop no trial"):
+        plan_sweep(path, ["train.steps=8"])
+    plan_sweep(path, ["train.steps=200"])
+
+
+def test_qrandint_with_step_one_draws_both_ends(tmp_path):
+    path = sweep_file(tmp_path, "train.seed: {type: qrandint, low: 1, high: 2, q: 1}", "num_samples: 24\n  ")
+    assert {t["train.seed"] for t in plan_sweep(path).trials} == {1, 2}
+
+
+def test_a_swept_section_merges_like_an_override():
+    """`model: {n_layers: 3}` as a swept value keeps the file's other model keys, as the same
+    override does; it replaced the section (schema defaults for the rest) before."""
+    base = {"model": {"d_model": 32, "heads": 2, "n_layers": 1}, "train": {"lr": 0.1}}
+    assert apply(base, {"model": {"n_layers": 3}}) == {
+        "model": {"d_model": 32, "heads": 2, "n_layers": 3}, "train": {"lr": 0.1}}
+
+
+def test_resources_of_every_combination_are_planned(tmp_path):
+    """Optuna may later suggest the largest workers with the largest CPUs per worker, which no
+    listed trial shows; the plan reserves for it."""
+    path = sweep_file(tmp_path, "train.workers: {type: randint, low: 1, high: 2}\n    "
+                      "train.cpus_per_worker: {type: randint, low: 1, high: 2}",
+                      "search: {type: optuna}\n  num_samples: 2\n  ")
+    assert plan_sweep(path, ["train.batch_size=8"]).per_trial.cpus == 4
 
 
 def test_pbt_is_refused_before_anything_starts(tmp_path, capsys):
@@ -180,7 +234,8 @@ def test_a_gpu_sweep_dry_runs_on_a_laptop_and_says_where_it_fits(capsys):
     (SWEEPS / "lr.yaml", "sweep.metric=val_los", "sweep.metric='val_los' is not a reported metric"),
     (SWEEPS / "lr.yaml", "sweep.scheduler.type=pbt", "sweep.scheduler.type=pbt cannot run yet"),
     (SCALING, "scaling.group_by=[model.cel]", "scaling.group_by: 'model.cel' is not an experiment key"),
-], ids=["metric", "pbt", "group-by"])  # fmt: skip
+    (SCALING, "scaling.metric=val_los", "scaling.metric='val_los' is not a logged metric"),
+], ids=["metric", "pbt", "group-by", "scaling-metric"])  # fmt: skip
 def test_validate_checks_all_that_sweep_checks(path, override, message, capsys):
     """`paralab validate` saying "valid" means `paralab sweep` and `paralab scaling` will not
     refuse the file later, after trials have trained."""

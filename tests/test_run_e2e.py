@@ -123,3 +123,22 @@ def test_second_run_overwrites_nothing_and_restart_adds_a_generation(first_run):
     assert runs[1].data.tags["paralab.generation"] == "1"
     assert Path(runs[1].data.tags["paralab.checkpoint"]).parent.name.endswith(".g1")
     assert digest(run_dir) == before  # the first generation is untouched
+
+
+def test_a_diverging_run_fails_in_one_line_and_keeps_its_good_checkpoints(tmp_path):
+    """A learning rate of 1e6 without clipping gives a NaN loss at step 4: the run stops there
+    (no Ray restart into the same divergence, no checkpoint of NaN weights) and is FAILED."""
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = paralab(home, "run", str(ROOT / "experiments" / "quickstart.yaml"), *TINY,
+                   "name=e2e-div", "train.workers=1", "train.cpus_per_worker=1", "train.lr=1e6",
+                   "train.grad_clip=0", "train.log_every=1", "train.eval_every=2",
+                   "train.checkpoint_every=2")  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert err.startswith("error: training diverged at step 4 (loss=nan") and err.count("\n") == 0, err
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / '.paralab' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e-div").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["paralab.diverged"].startswith("4: ")
+    (folder,) = (home / ".paralab" / "storage").glob("e2e-div-*")
+    assert sorted(p.name for p in folder.glob("checkpoint_0*")) == ["checkpoint_00000002"]

@@ -20,6 +20,8 @@ from paralab.platform.config.schema import TrackingConfig, project_dir
 
 IDENTITY_TAG = "paralab.identity"
 GENERATION_TAG = "paralab.generation"
+DIVERGED_TAG = "paralab.diverged"
+"""``<step>: <metric>=<value>`` of a run whose training stopped on a loss that is not finite."""
 MAX_PARAM_LEN = 6000
 
 

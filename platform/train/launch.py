@@ -23,7 +23,7 @@ from paralab.platform.config.load import to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
 from paralab.platform.storage.lease import LeaseHeld, RunLease
-from paralab.platform.tracking.mlflow import Tracker, flatten
+from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker, flatten
 from paralab.platform.train import checkpoint as ckpt
 
 
@@ -32,7 +32,8 @@ class LaunchError(RuntimeError):
 
 
 class TrainingFailed(RuntimeError):
-    """Training started but failed past ``train.max_failures`` restarts; it can be resumed."""
+    """Training started but failed past ``train.max_failures`` restarts (it can be resumed), or
+    diverged (the message says what to change)."""
 
 
 @dataclass
@@ -267,6 +268,8 @@ def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_ke
     changes to the tag ``paralab.changed_at_step_<N>``. Returns those changes as
     ``key: was -> now, ...``, empty when there are none.
     """
+    if DIVERGED_TAG in tracker.client.get_run(tracker.run_id).data.tags:
+        tracker.client.delete_tag(tracker.run_id, DIVERGED_TAG)  # this attempt starts afresh
     changed = tracker.log_params(flatten(to_dict(cfg)))
     changes = ", ".join(f"{key}: {was} -> {now}" for key, (was, now) in sorted(changed.items()))
     tracker.set_tags({"paralab.storage": plan.storage_uri, "paralab.data_key": data_key})
@@ -411,6 +414,7 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
             watcher.start()
         on_event(f"training on {tc.workers} worker(s), strategy {tc.strategy}")
         result = trainer.fit()
+        raise_if_diverged(tracker, plan)
         summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                            if isinstance(v, (int, float))}  # fmt: skip
         summary.checkpoint = finish_run(cfg, plan, tracker, result.checkpoint, on_event)
@@ -434,6 +438,19 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
             watcher.join(timeout=5)
     summary.status = "FINISHED"
     return summary
+
+
+def raise_if_diverged(tracker: Tracker, plan: RunPlan) -> None:
+    """Fail a run whose workers stopped on a loss that is not finite (they tag it and return,
+    so that Ray does not restart them into the same divergence)."""
+    tag = tracker.client.get_run(tracker.run_id).data.tags.get(DIVERGED_TAG)
+    if tag:
+        step, _, why = tag.partition(": ")
+        raise TrainingFailed(
+            f"training diverged at step {step} ({why}) and stopped; the checkpoints before it "
+            f"are kept under {plan.storage_uri}. Lower train.lr, or raise train.warmup_frac or "
+            "lower train.grad_clip, and run again"
+        )
 
 
 def finish_run(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, final: Any | None,

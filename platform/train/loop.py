@@ -46,6 +46,9 @@ class Hooks(Protocol):
         """Checkpoint ``step`` is the best so far: keep a copy Ray's retention won't delete.
         Every rank calls it, so the host can wait until all ranks' files are persisted."""
 
+    def diverged(self, step: int, why: str) -> None:
+        """Training stopped at ``step`` on a loss that is not finite; every rank calls it."""
+
 
 class NoHooks:
     """Run the loop bare, in one process: nothing reported, logged or kept."""
@@ -57,6 +60,9 @@ class NoHooks:
         pass
 
     def keep_best(self, step):
+        pass
+
+    def diverged(self, step, why):
         pass
 
 
@@ -119,6 +125,8 @@ class Trainer:
         self.train_data = data.train_batches(seq_len, self.micro_batch, seed=tc.seed, **where)
         self.val_data = lambda n: data.val_batches(n, seq_len, self.micro_batch, **where)
         self.step = 0
+        self.diverged_at: int | None = None
+        """The step whose loss was not finite, where training stopped; None if it did not."""
         self.best_val = math.inf
         self.best_step: int | None = None
         self.flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
@@ -233,6 +241,14 @@ class Trainer:
                     self.best_val, self.best_step = val, self.step
             if metrics:
                 self.hooks.log(metrics, self.step)
+            # Both are all-reduced, so every rank stops here together, and before a checkpoint
+            # of the diverged weights could replace the last good one.
+            bad = [f"{key}={metrics[key]}" for key in ("loss", "val_loss")
+                   if key in metrics and not math.isfinite(metrics[key])]  # fmt: skip
+            if bad:
+                self.diverged_at = self.step
+                self.hooks.diverged(self.step, ", ".join(bad))
+                return
             if "val_loss" in metrics:
                 # For Tune: a sweep's trials may train different step counts (train.steps or
                 # train.flops_budget swept), so each says where its own end is.

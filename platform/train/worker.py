@@ -12,7 +12,7 @@ import ray.train
 from paralab.platform.config.load import from_dict
 from paralab.platform.data import load_prepared
 from paralab.platform.storage.lease import check_held
-from paralab.platform.tracking.mlflow import Tracker
+from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker
 from paralab.platform.train import checkpoint as ckpt
 from paralab.platform.train.loop import Trainer
 
@@ -59,6 +59,13 @@ class RayHooks:
         pending, self.pending = self.pending, []
         for future in pending:
             future.result()
+
+    def diverged(self, step: int, why: str) -> None:
+        """Tag the MLflow run, for the driver to fail it without Ray's restarts (which would
+        diverge again from the same checkpoint)."""
+        self.flush()
+        if self.tracker:
+            self.tracker.set_tags({DIVERGED_TAG: f"{step}: {why}"})
 
     def keep_best(self, step):
         # Every rank calls this (validation loss is all-reduced, so they agree on the best).

@@ -155,6 +155,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             trainer = launch.build_trainer(cfg, plan, tracker, data_key, lease_owner=lease.owner,
                                            callbacks=[TuneReportCallback()])
             result = trainer.fit()
+            launch.raise_if_diverged(tracker, plan)
             launch.finish_run(cfg, plan, tracker, result.checkpoint)
         except BaseException:
             # A trial that Tune stops (ASHA, time budget, Ctrl-C) dies here too; it did not fail.

@@ -104,7 +104,10 @@ def _time_mode(
 ) -> float:
     """Seconds for one application of ``cell`` in ``mode`` on random p: best of two, or
     the first alone when it took over a second (the probe's cost stays bounded)."""
-    p = torch.randn(shape, dtype=dtype, device=device, requires_grad=grad)
+    # Its own generator: a probe at the first forward must not move the global RNG, or the
+    # run's randomness would depend on whether (and where) `auto` measured.
+    generator = torch.Generator(device=device).manual_seed(0)
+    p = torch.randn(shape, dtype=dtype, device=device, generator=generator).requires_grad_(grad)
     best = math.inf
     for _ in range(2):
         start = time.perf_counter()

@@ -76,6 +76,26 @@ def test_auto_on_cpu_gives_the_sequential_answer_and_leaves_grads_alone(fresh_ch
     assert_close(got.detach(), want.detach(), 1e-10, "auto vs sequential")
 
 
+def test_neither_the_auto_probe_nor_registering_cells_moves_the_global_rng(fresh_choices):
+    """Both happen after a run seeds torch (the probe at the first forward, registration when
+    build_model first imports the cells); the run's randomness must not depend on them. A
+    registration that drew from it made fresh Ray workers initialise other weights than the
+    process that had imported the cells before seeding."""
+    cell = make_cell("paragru", 4, 8, 2, torch.float32)
+    x = torch.randn(2, 16, 4)
+    torch.manual_seed(7)
+    cell(x, mode="auto")  # probes: no choice cached
+    after_probe = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(4), after_probe)
+
+    code = ("import torch; torch.manual_seed(5); a = torch.rand(3); torch.manual_seed(5); "
+            "from paralab.models.registry import registered_cells; registered_cells(); "
+            "assert torch.equal(torch.rand(3), a), 'registration moved the global RNG'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_triton_mode_matches_sequential():
     """Fused kernels (ParaGRU, ParaLSTM) and Triton scans (leaky_tanh) in fp32, and Triton
     scans in fp64 (ParaGRU, ParaLSTM); on CPU through the Triton interpreter in a fresh

@@ -80,6 +80,8 @@ def resolve_mode(mode: str, cell: RecurrentCell, p: torch.Tensor) -> str:
     key = (
         str(p.device),
         type(cell).__name__,
+        cell.newton_settings().newton_iters,  # Newton's cost grows with it, the loop's does not
+        cell.heads,
         p.dtype,
         grad,
         _bucket(batch),

@@ -26,7 +26,8 @@ FLOPs, per token, forward + backward (:func:`flops_breakdown`)
   with n = newton_iters (capped by the cell's ``exact_newton_iters``; early exit is not
   credited), s the state size per unit (1 or 2), and a scan counted as a work-efficient
   scan does it: two combines per element, a combine being 3 FLOPs (diagonal) or 20 (2×2).
-  Mode ``sequential`` counts the loop; every other mode counts Newton.
+  Mode ``sequential`` counts the loop; every other mode counts Newton, ``auto`` included (a
+  count fixed by the config, whatever the CPU probe picks).
 
 Not counted: norms, activations and gating outside the cell, residual adds, biases outside
 the cell, softmax and the loss; all are O(D) per token.

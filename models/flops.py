@@ -19,7 +19,7 @@ FLOPs, per token, forward + backward (:func:`flops_breakdown`)
   input element of a reduction) while the cell runs (:func:`cell_unit_flops`), plus
   Newton's bookkeeping and the scans:
 
-      Newton forward  = f + n·(f&J + 4s + scan) + f + 3s   (the last: the final residual)
+      Newton forward  = f + n·(f&J + 4s + scan) + f + 3s   (f + 3s: the final residual)
       Newton backward = f&J + scan + f + vjp(f)
       sequential      = f forward, vjp(f) backward
 

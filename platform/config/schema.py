@@ -58,9 +58,9 @@ class DataConfig:
     seq_len: int = 256
     """Tokens per training sequence."""
     val_fraction: float = 0.01
-    """Fraction of the corpus held out for validation (taken from its end)."""
+    """Fraction of the corpus held out for validation (taken from the end of the stream after `max_tokens`: runs that differ in `max_tokens` validate on different tokens)."""
     cache_dir: str | None = None
-    """Where tokenized shards are written (local path or s3:// URI); defaults to `.paralab/data`."""
+    """Where tokenized shards are written (local path, relative to the project, or s3:// URI); defaults to `.paralab/data`."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -77,6 +77,8 @@ class DataConfig:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or null, got {self.max_tokens}")
+        if self.cache_dir and "://" in self.cache_dir and not self.cache_dir.startswith("s3://"):
+            raise ValueError(f"cache_dir must be a local path or an s3:// URI, got {self.cache_dir!r}")
 
 
 @dataclass

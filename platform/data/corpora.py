@@ -77,7 +77,7 @@ class BibleCorpus:
         yield from self._load()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "bible", "sha256": _sha256_file(self.path)}
+        return {"kind": "bible", "sha256": sha256_file(self.path)}
 
     def size_hint(self) -> int | None:
         return sum(len(b) for b in self._load())
@@ -147,7 +147,7 @@ class TextCorpus:
             yield path.read_bytes().decode("utf-8", errors="replace")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "text", "sha256": [_sha256_file(p) for p in self.files]}
+        return {"kind": "text", "sha256": [sha256_file(p) for p in self.files]}
 
     def size_hint(self) -> int | None:
         return sum(p.stat().st_size for p in self.files)
@@ -245,7 +245,7 @@ def _require_path(cfg: DataConfig) -> str:
     return cfg.path
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

@@ -40,7 +40,7 @@ import numpy as np
 from paralab.platform.config.schema import DataConfig, project_dir
 
 from .batches import Batch, TokenBatches, val_batches
-from .corpora import Corpus, open_corpus
+from .corpora import Corpus, open_corpus, sha256_file
 from .errors import DataError
 from .s3 import S3Mirror
 from .tokenizers import Tokenizer, document_separator, load_tokenizer, token_dtype_for
@@ -131,6 +131,20 @@ class PreparedData:
         return digest.hexdigest() == expected
 
 
+def _local_tokenizer_content(cfg: DataConfig) -> dict[str, Any]:
+    """The content hash of a tokenizer given as a local file or folder: its name alone would
+    keep the tokens of an earlier file of that name. A hub name is left to its name."""
+    if cfg.tokenizer != "hf" or not cfg.tokenizer_name:
+        return {}
+    path = Path(os.path.expanduser(cfg.tokenizer_name))
+    if path.is_file():
+        return {"sha256": sha256_file(path)}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"sha256": {p.relative_to(path).as_posix(): sha256_file(p) for p in files}}
+    return {}
+
+
 def default_cache_root() -> Path:
     """The local cache when neither `data.cache_dir` nor `cache_root` says: `.paralab/data`."""
     return project_dir() / ".paralab" / "data"
@@ -142,7 +156,8 @@ def cache_identity(cfg: DataConfig, corpus: Corpus) -> dict[str, Any]:
         "format": FORMAT_VERSION,
         "corpus": corpus.fingerprint(),
         "tokenizer": {"kind": cfg.tokenizer,
-                      "name": cfg.tokenizer_name if cfg.tokenizer == "hf" else None},
+                      "name": cfg.tokenizer_name if cfg.tokenizer == "hf" else None,
+                      **_local_tokenizer_content(cfg)},
         "max_tokens": cfg.max_tokens,
         "val_fraction": cfg.val_fraction,
     }
@@ -196,6 +211,11 @@ def load_prepared(cfg: DataConfig, key: str, cache_root: str | os.PathLike[str] 
     """
     if cfg.source == "tokens":
         data = open_tokens(cfg)
+        if data.key != key:  # the file changed since the driver opened it
+            raise DataError(
+                f"data.path={cfg.path!r} changed since the run prepared it (key {key}, now "
+                f"{data.key}); restore it, or start the run again to train on the new tokens"
+            )
     else:
         data = _cached(cfg, key, cache_root, endpoint_url, region, progress, build=None)
     data.check_fits(cfg.seq_len)
@@ -236,12 +256,20 @@ def open_tokens(cfg: DataConfig) -> PreparedData:
     n_train, n_val = _split(len(tokens), cfg)
     if "vocab_size" in sidecar:
         vocab_size = int(sidecar["vocab_size"])
+        largest = int(tokens.max())
+        if largest >= vocab_size:  # else an embedding index error on every worker, later
+            raise DataError(
+                f"data.path={cfg.path!r} holds token id {largest}, but "
+                f"{path.parent / 'meta.json'} says vocab_size={vocab_size}; fix the sidecar or "
+                "check data.token_dtype"
+            )
     else:
         vocab_size = int(tokens.max()) + 1
         if cfg.tokenizer == "byte":
             vocab_size = max(vocab_size, 256)
     stat = path.stat()
-    ident = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{cfg.max_tokens}:{cfg.val_fraction}"
+    ident = (f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype.name}:{cfg.max_tokens}:"
+             f"{cfg.val_fraction}")
     meta = {
         "format": FORMAT_VERSION,
         "key": f"tokens-{hashlib.sha256(ident.encode()).hexdigest()[:16]}",
@@ -274,9 +302,15 @@ def _cached(cfg: DataConfig, key: str, cache_root: str | os.PathLike[str] | None
         local_root = Path(cache_root) if cache_root is not None else default_cache_root()
     elif cfg.cache_dir:
         local_root = Path(os.path.expanduser(cfg.cache_dir))
+        if not local_root.is_absolute():  # as storage.uri: Ray workers run in other folders
+            local_root = project_dir() / local_root
     else:
         local_root = Path(cache_root) if cache_root is not None else default_cache_root()
-    local_root.mkdir(parents=True, exist_ok=True)
+    try:
+        local_root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.cache_dir: cannot use {local_root} as the data cache "
+                        f"({err.strerror or err}); point data.cache_dir at a writable folder") from None
     final = local_root / key
     on_bytes = None
     if progress is not None:

@@ -227,3 +227,51 @@ def test_corpus_smaller_than_one_sequence(tmp_path, cache):
     cfg = DataConfig(source="text", path=str(tmp_path / "tiny.txt"), seq_len=16)
     with pytest.raises(DataError, match=r"validation tokens.*raise data.val_fraction"):
         prepare(cfg, cache)
+
+
+# -- what the key and the cache answer for -------------------------------------------------------
+
+
+def test_a_tokens_file_changed_after_prepare_is_refused_on_the_workers(tmp_path):
+    """Workers open `tokens` sources in place, by the key the driver prepared."""
+    path = tmp_path / "tokens.bin"
+    (np.arange(10_000) % 256).astype("uint16").tofile(path)
+    cfg = DataConfig(source="tokens", path=str(path), seq_len=16)
+    key = prepare(cfg).key
+    assert load_prepared(cfg, key).key == key
+    (np.arange(10_000) % 200).astype("uint16").tofile(path)
+    os.utime(path, ns=(1, 1))  # another write, whatever the clock's resolution
+    with pytest.raises(DataError, match=r"data.path=.* changed since the run prepared it"):
+        load_prepared(cfg, key)
+
+
+def test_tokens_key_counts_the_dtype_and_ids_are_held_to_the_sidecar(tmp_path):
+    path = tmp_path / "tokens.bin"
+    (np.arange(20_000) % 150).astype("uint16").tofile(path)
+    as16 = open_tokens(DataConfig(source="tokens", path=str(path), token_dtype="uint16"))
+    as32 = open_tokens(DataConfig(source="tokens", path=str(path), token_dtype="uint32"))
+    assert as16.key != as32.key, "one file read two ways is two datasets"
+    (tmp_path / "meta.json").write_text(json.dumps({"vocab_size": 100, "dtype": "uint16"}))
+    with pytest.raises(DataError, match=r"holds token id 149, but .*meta.json says vocab_size=100"):
+        open_tokens(DataConfig(source="tokens", path=str(path)))
+
+
+def test_a_local_tokenizer_file_is_keyed_by_its_content(tmp_path, small_bible):
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"version": 1}')
+    cfg = DataConfig(source="bible", tokenizer="hf", tokenizer_name=str(tok), max_tokens=1000)
+    corpus = open_corpus(cfg)
+    first = cache_key(cfg, corpus)
+    tok.write_text('{"version": 2}')
+    assert cache_key(cfg, corpus) != first, "a new tokenizer under the same name reused old tokens"
+
+
+def test_cache_dir_relative_to_the_project_and_refused_when_unusable(small_bible, tmp_path, monkeypatch):
+    monkeypatch.setenv("PARALAB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    data = prepare(DataConfig(**{**small_bible.__dict__, "cache_dir": "shards"}))
+    assert data.directory.parent == tmp_path / "home" / "shards", "not the cwd: Ray workers run elsewhere"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(DataError, match=r"data.cache_dir: cannot use .*a-file as the data cache"):
+        prepare(DataConfig(**{**small_bible.__dict__, "cache_dir": str(blocker)}))

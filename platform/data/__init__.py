@@ -24,6 +24,7 @@ from .shards import (
     load_prepared,
     open_tokens,
     prepare,
+    resolved_cache_dir,
 )
 from .tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer, token_dtype_for
 
@@ -46,6 +47,7 @@ __all__ = [
     "Tokenizer",
     "cache_key",
     "default_cache_root",
+    "resolved_cache_dir",
     "load_prepared",
     "load_tokenizer",
     "open_corpus",

@@ -150,6 +150,17 @@ def default_cache_root() -> Path:
     return project_dir() / ".paralab" / "data"
 
 
+def resolved_cache_dir(cfg: DataConfig) -> str:
+    """`data.cache_dir` as this process finds it, absolute: what to give processes that may
+    run in other folders or without `PARALAB_HOME` (Ray workers, trial actors)."""
+    if cfg.cache_dir and cfg.cache_dir.startswith("s3://"):
+        return cfg.cache_dir
+    if not cfg.cache_dir:
+        return str(default_cache_root())
+    path = Path(os.path.expanduser(cfg.cache_dir))
+    return str(path if path.is_absolute() else project_dir() / path)
+
+
 def cache_identity(cfg: DataConfig, corpus: Corpus) -> dict[str, Any]:
     """Everything that decides the tokens of `cfg`; its hash is the cache key."""
     return {
@@ -301,9 +312,7 @@ def _cached(cfg: DataConfig, key: str, cache_root: str | os.PathLike[str] | None
         mirror = S3Mirror(cfg.cache_dir, endpoint_url=endpoint_url, region=region)
         local_root = Path(cache_root) if cache_root is not None else default_cache_root()
     elif cfg.cache_dir:
-        local_root = Path(os.path.expanduser(cfg.cache_dir))
-        if not local_root.is_absolute():  # as storage.uri: Ray workers run in other folders
-            local_root = project_dir() / local_root
+        local_root = Path(resolved_cache_dir(cfg))
     else:
         local_root = Path(cache_root) if cache_root is not None else default_cache_root()
     try:

@@ -290,11 +290,16 @@ def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_k
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from paralab.platform.data import resolved_cache_dir
+
     tc = cfg.train
+    experiment = to_dict(cfg)
+    # Workers may run in other folders, without PARALAB_HOME: give them the driver's cache.
+    experiment["data"]["cache_dir"] = resolved_cache_dir(cfg.data)
     return TorchTrainer(
         _train_fn(),
         train_loop_config={
-            "experiment": to_dict(cfg),
+            "experiment": experiment,
             "run": {
                 "identity": plan.identity,
                 "tracking_uri": tracker.uri,

@@ -466,10 +466,9 @@ def run_sweep(
     base["sweep"] = None
     base["tracking"]["uri"] = tracking_uri(plan.cfg.tracking)
     base["storage"]["uri"] = storage.uri
-    if not base["data"]["cache_dir"]:  # trial actors need not share the driver's cwd
-        from paralab.platform.data import default_cache_root
+    from paralab.platform.data import resolved_cache_dir
 
-        base["data"]["cache_dir"] = str(default_cache_root())
+    base["data"]["cache_dir"] = resolved_cache_dir(plan.cfg.data)  # actors run elsewhere
     context = TrialContext(
         base=base, sweep_id=plan.sweep_id, parent_run_id=parent.run_id, data_key=data_key,
         data_swept=data_swept,

@@ -474,16 +474,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: to resume, run {escape(_again(args))}",
+        again = _again(args)
+        err_console.print("[yellow]interrupted[/]" + (f": to resume, run {escape(again)}" if again else ""),
                           soft_wrap=True)
         return 130
 
 
-def _again(args: argparse.Namespace) -> str:
-    """The command that resumes what was interrupted: the same file and overrides (both are
-    part of the run's identity)."""
+def _again(args: argparse.Namespace) -> str | None:
+    """The command that resumes an interrupted run or sweep: the same file and overrides
+    (both are part of the run's identity); None for commands that have nothing to resume."""
     import shlex
 
+    if args.command not in ("run", "sweep"):
+        return None
     words = ["paralab", args.command]
     if getattr(args, "file", None):
         words += [args.file, *args.overrides]

@@ -100,6 +100,17 @@ def test_ctrl_c_prints_the_command_that_resumes(argv, again, monkeypatch, capsys
     assert f"to resume, run {again}" in capsys.readouterr().err.replace("\n", " ")
 
 
+def test_ctrl_c_of_a_command_with_nothing_to_resume_says_only_that(monkeypatch, capsys):
+    from paralab.platform import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_stack", interrupted)
+    assert cli.main(["stack", "up"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
 def test_the_code_version_covers_only_code_that_computes(tmp_path):
     import shutil
 

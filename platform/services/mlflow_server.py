@@ -82,6 +82,10 @@ class MlflowServer(ManagedProcess):
     def env(self) -> dict[str, str]:
         """The server's environment: this process's, plus the S3 settings and switches."""
         env = dict(os.environ)
+        # A session token or profile from the shell would be sent with the stack's own keys,
+        # which SeaweedFS then rejects (InvalidAccessKeyId) on every artifact upload.
+        for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            env.pop(name, None)
         env.update(self.s3_env)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # its job runner costs ~270 MB
         if self.s3_endpoint_url:

@@ -32,6 +32,9 @@ class ServiceError(RuntimeError):
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     """Whether ``host:port`` can be bound now (no one listens on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers bind: a port whose last connections linger in TIME_WAIT is free, so a
+        # stack restarted at once gets its old ports (and its exported URLs stay right).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -130,14 +130,19 @@ def stack_up(project_dir: str | os.PathLike | None = None, *,
         ports = None
     seaweed = SeaweedFS(root / "seaweedfs", access_key=access_key, secret_key=secret_key,
                         buckets=[STACK_BUCKET], ports=ports, startup_timeout=startup_timeout)
-    seaweed.start()
-    mlflow = MlflowServer(root / "mlflow.db", f"s3://{STACK_BUCKET}/mlflow",
-                          s3_endpoint_url=seaweed.endpoint_url, s3_env=seaweed.env(),
-                          port=_reusable_port(state), startup_timeout=startup_timeout)
+    mlflow = None
+    # Whatever stops the start (a failure, Ctrl-C), nothing is left running unrecorded: an
+    # orphaned SeaweedFS would hold its store's lock and fail every later `stack up`.
     try:
+        seaweed.start()
+        mlflow = MlflowServer(root / "mlflow.db", f"s3://{STACK_BUCKET}/mlflow",
+                              s3_endpoint_url=seaweed.endpoint_url, s3_env=seaweed.env(),
+                              port=_reusable_port(state), startup_timeout=startup_timeout)
         mlflow.start()
-    except Exception:
-        seaweed.stop()
+    except BaseException:
+        for service in (mlflow, seaweed):
+            if service is not None:
+                service.stop()
         raise
     _write_state(root, {
         "version": STATE_VERSION,

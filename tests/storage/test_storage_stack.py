@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,11 @@ def test_stack_up_status_down(tmp_path, monkeypatch):
     before = stack_status(tmp_path)
     assert not before.running and before.env() == {}
 
+    # A session token in the user's shell must not reach the servers with the stack's keys
+    # (SeaweedFS rejected every proxied artifact upload with it).
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "stray-token-from-the-shell")
     up = stack_up(tmp_path)
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
     try:
         assert up.running, up
         assert up.seaweedfs.url.startswith("http://127.0.0.1:")
@@ -59,6 +64,42 @@ def test_stack_up_status_down(tmp_path, monkeypatch):
     assert (down.seaweedfs.pid, down.mlflow.pid) == (None, None)
     assert down.access_key == up.access_key, "credentials are kept for the next `up`"
     assert not stack_down(tmp_path).running, "down twice is harmless"
+
+    # Up again at once: the same ports (the exported URLs stay right), and the data is there.
+    again = stack_up(tmp_path)
+    try:
+        assert (again.seaweedfs.url, again.mlflow.url) == (up.seaweedfs.url, up.mlflow.url)
+        assert storage.read_bytes("hello") == b"world"
+    finally:
+        stack_down(tmp_path)
+
+
+@pytest.mark.s3
+def test_an_interrupted_up_leaves_nothing_running(tmp_path, monkeypatch):
+    """Ctrl-C while MLflow starts: SeaweedFS, already up, is stopped too (an orphan held its
+    store's lock, and every later `stack up` failed)."""
+    from paralab.platform.services.mlflow_server import MlflowServer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowServer, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stack_up(tmp_path)
+    assert not _processes_under(tmp_path), "a service was left running"
+
+
+def _processes_under(folder) -> list[str]:
+    """Command lines of live processes that name ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(folder) in argv:
+            found.append(argv)
+    return found
 
 
 def log_run_with_artifact(tracking_uri: str, tmp_path) -> tuple[str, str]:

@@ -125,6 +125,25 @@ def _durable(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_reachable(cfg: ExperimentConfig, address: str) -> None:
+    """A job for a remote cluster must not carry this machine's loopback services (as
+    ``paralab stack up``'s exports give): the head would fail to reach them, later."""
+    from urllib.parse import urlsplit
+
+    if (urlsplit(address).hostname or "") in LOOPBACK_HOSTS:
+        return  # a cluster on this machine reaches them
+    for key, value in (("tracking.uri", cfg.tracking.uri), ("storage.endpoint_url", cfg.storage.endpoint_url)):
+        if value and (urlsplit(value).hostname or "") in LOOPBACK_HOSTS:
+            raise SubmitError(
+                f"{key}: {value} is this machine's loopback address, which the cluster at "
+                f"{address} cannot reach; give an address the cluster reaches (set it in the "
+                "YAML, or export MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL)"
+            )
+
+
 def _stage_code(stage: Path) -> Path:
     """Copy paralab's sources (the installed folders this command runs from) into
     ``stage/paralab``: Python files and package data, no caches."""
@@ -166,6 +185,7 @@ def plan_submission(
         cfg = _durable(plan_sweep(file, overrides).cfg)
     else:
         cfg = _durable(load_experiment(file, overrides))
+    _check_reachable(cfg, url)
     stage = Path(tempfile.mkdtemp(prefix="paralab-submit-"))
     work = stage / "work"
     work.mkdir()
@@ -195,6 +215,12 @@ def submit(sub: Submission) -> str:
     except ConnectionError as err:
         raise SubmitError(f"--address {sub.address}: no Ray job API answers there ({err})") from None
     except Exception as err:
+        # Something else answers HTTP there: Ray's version check gets a 404 (a RuntimeError)
+        # or another error status (requests' HTTPError).
+        if "Jobs API is not supported" in str(err) or type(err).__name__ == "HTTPError":
+            raise SubmitError(f"--address {sub.address}: no Ray job API answers there (HTTP is up, "
+                              "but it is not a Ray dashboard); give the head's dashboard address, "
+                              "port 8265 by default") from None
         if type(err).__name__ != "AuthenticationError":
             raise
         raise SubmitError(
@@ -258,4 +284,8 @@ def follow(address: str, job_id: str, write) -> str:
     while not status.is_terminal():  # the log stream can close a moment before the status
         time.sleep(0.5)
         status = client.get_job_status(job_id)
+    if status.value == "FAILED":  # e.g. a runtime_env that failed to set up: no logs say why
+        message = client.get_job_info(job_id).message
+        if message:
+            write(f"{message.rstrip()}\n")
     return str(status.value)

@@ -47,9 +47,15 @@ SCALING = QUICKSTART.parent / "scaling" / "cells.yaml"
         (["--address", "http://127.0.0.1:9", "tracking.uri=http://m:5000", "storage.uri=rel/dir"],
          "storage.uri: 'rel/dir' would be inside"),
         (["--address", "http://127.0.0.1:9", *DURABLE], "no Ray job API answers there"),
+        # `paralab stack up`'s exports, sent to a remote cluster: it could not reach them.
+        (["--address", "http://10.0.0.5:8265", "tracking.uri=http://127.0.0.1:5000", DURABLE[1]],
+         "tracking.uri: http://127.0.0.1:5000 is this machine's loopback address, which the "
+         "cluster at http://10.0.0.5:8265 cannot reach"),
+        (["--address", "http://10.0.0.5:8265", *DURABLE, "storage.endpoint_url=http://localhost:9000"],
+         "storage.endpoint_url: http://localhost:9000 is this machine's loopback address"),
     ],
     ids=["no-address", "not-http", "no-tracking", "relative-sqlite", "default-storage",
-         "relative-storage", "nobody-there"],
+         "relative-storage", "nobody-there", "loopback-tracking", "loopback-endpoint"],
 )  # fmt: skip
 def test_refusals_are_one_line_and_exit_2(extra, message, tmp_path):
     env = {"RAY_API_SERVER_ADDRESS": "", "MLFLOW_TRACKING_URI": "", "PARALAB_STORAGE": ""}
@@ -57,6 +63,30 @@ def test_refusals_are_one_line_and_exit_2(extra, message, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1
+
+
+def test_an_address_where_something_else_answers_is_one_line(tmp_path):
+    """An MLflow UI, say: HTTP answers, but not Ray's job API."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler's API
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {"RAY_API_SERVER_ADDRESS": "", "MLFLOW_TRACKING_URI": "", "PARALAB_STORAGE": ""}
+        proc = run_paralab(tmp_path, "submit", str(QUICKSTART), "--address", address, *DURABLE, env=env)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "it is not a Ray dashboard); give the head's dashboard address" in proc.stderr
 
 
 @pytest.mark.parametrize("uri, relative", [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -327,14 +328,26 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     # The experiment's own store when a file is given; else MLFLOW_TRACKING_URI or the default.
     tracking = load_experiment(args.file, args.overrides).tracking if args.file else TrackingConfig()
+    from paralab.platform.services.process import ServiceError, port_is_free
+
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
-        console.print(f"MLflow is served at {uri}")
+        console.print(f"MLflow is served at {escape(_without_password(uri))}", soft_wrap=True)
         return 0
-    console.print(f"serving {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    if not port_is_free(args.port, args.host):  # else MLflow says so seconds later, and exits 0
+        raise ServiceError(f"port {args.port} on {args.host} is in use (another `paralab ui`?); "
+                           "pass --port with a free one")
+    console.print(f"serving {escape(_without_password(uri))} at http://{args.host}:{args.port} "
+                  "(Ctrl-C stops it)", soft_wrap=True)
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # ~1.8 GB of runners
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port), "--workers", "1"])
     return 0
+
+
+def _without_password(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part hidden, for printing."""
+    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

@@ -158,6 +158,25 @@ def test_ui_serves_the_store_the_experiment_names(tmp_path, monkeypatch, capsys)
     assert argv[argv.index("--port") + 1] == "5077"
     assert main(["ui", str(experiment), "tracking.uri=http://mlflow.internal:5000"]) == 0
     assert "MLflow is served at http://mlflow.internal:5000" in capsys.readouterr().out
+    assert main(["ui", str(experiment), "tracking.uri=https://alice:s3cr3t@mlflow.internal"]) == 0
+    out = capsys.readouterr().out
+    assert "https://alice:***@mlflow.internal" in out and "s3cr3t" not in out
+
+
+def test_ui_on_a_port_in_use_is_one_line_before_mlflow_starts(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from paralab.platform import cli
+
+    monkeypatch.setattr(cli.os, "execvp", lambda program, argv: pytest.fail("MLflow was started"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: port {port} on 127.0.0.1 is in use (another `paralab ui`?); pass --port with a free one"
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["submit", "experiments/quickstart.yaml"]],

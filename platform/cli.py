@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 
@@ -192,6 +191,7 @@ def _next_steps(summary, file: str, overrides: list[str]) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from paralab.platform.jobs.submit import follow, plan_submission, submit
+    from paralab.platform.tracking.uris import without_password
 
     flags = [f"--{name.replace('_', '-')}" for name in ("restart", "resume", "retry_errored",
                                                         "create_bucket") if getattr(args, name)]
@@ -204,7 +204,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     address = escape(sub.address)
     console.print(f"[bold]submitted[/] job {escape(job_id)}", soft_wrap=True)
     console.print(f"  MLflow:       experiment {escape(cfg.tracking.experiment or cfg.name)} "
-                  f"@ {escape(cfg.tracking.uri)}", soft_wrap=True)
+                  f"@ {escape(without_password(cfg.tracking.uri or ''))}", soft_wrap=True)
     console.print(f"  checkpoints:  {escape(cfg.storage.uri)}", soft_wrap=True)
     console.print(f"  logs:         ray job logs --address {address} --follow {escape(job_id)}",
                   soft_wrap=True)
@@ -325,6 +325,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from paralab.platform.config.load import load_experiment
     from paralab.platform.config.schema import TrackingConfig
     from paralab.platform.tracking.mlflow import tracking_uri
+    from paralab.platform.tracking.uris import without_password
 
     # The experiment's own store when a file is given; else MLFLOW_TRACKING_URI or the default.
     tracking = load_experiment(args.file, args.overrides).tracking if args.file else TrackingConfig()
@@ -332,22 +333,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
-        console.print(f"MLflow is served at {escape(_without_password(uri))}", soft_wrap=True)
+        console.print(f"MLflow is served at {escape(without_password(uri))}", soft_wrap=True)
         return 0
     if not port_is_free(args.port, args.host):  # else MLflow says so seconds later, and exits 0
         raise ServiceError(f"port {args.port} on {args.host} is in use (another `paralab ui`?); "
                            "pass --port with a free one")
-    console.print(f"serving {escape(_without_password(uri))} at http://{args.host}:{args.port} "
+    console.print(f"serving {escape(without_password(uri))} at http://{args.host}:{args.port} "
                   "(Ctrl-C stops it)", soft_wrap=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # ~1.8 GB of runners
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port), "--workers", "1"])
     return 0
 
-
-def _without_password(uri: str) -> str:
-    """``uri`` with the password of its ``user:password@`` part hidden, for printing."""
-    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
 from paralab.platform.storage.lease import LeaseHeld, RunLease
 from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker, flatten
+from paralab.platform.tracking.uris import without_password
 from paralab.platform.train import checkpoint as ckpt
 
 
@@ -270,7 +271,11 @@ def record_start(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_ke
     """
     if DIVERGED_TAG in tracker.client.get_run(tracker.run_id).data.tags:
         tracker.client.delete_tag(tracker.run_id, DIVERGED_TAG)  # this attempt starts afresh
-    changed = tracker.log_params(flatten(to_dict(cfg)))
+    params = flatten(to_dict(cfg))
+    for key in ("tracking.uri", "storage.uri", "storage.endpoint_url", "data.cache_dir"):
+        if isinstance(params.get(key), str):  # the UI shows params to everyone who reads it
+            params[key] = without_password(params[key])
+    changed = tracker.log_params(params)
     changes = ", ".join(f"{key}: {was} -> {now}" for key, (was, now) in sorted(changed.items()))
     tracker.set_tags({"paralab.storage": plan.storage_uri, "paralab.data_key": data_key})
     if changes:

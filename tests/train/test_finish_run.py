@@ -115,3 +115,15 @@ def test_a_run_finished_while_this_one_waited_is_found_complete_under_the_lease(
     assert any("already complete at step 8" in event for event in events)
     assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
     assert RunLease(plan.fs, plan.run_path).holder() is None, "the lease is given back"
+
+
+def test_passwords_in_uris_are_not_logged_as_params(tmp_path):
+    """The job connects with them; the MLflow UI shows params to everyone who reads it."""
+    tracker, plan = _setup(tmp_path)
+    cfg = from_dict({"name": "finish", "tracking": {"uri": "https://alice:s3cr3t@mlflow.internal"},
+                     "storage": {"endpoint_url": "http://key:secret@minio.internal:9000"}})
+    launch.record_start(cfg, plan, tracker, "data-key")
+    params = tracker.client.get_run(tracker.run_id).data.params
+    assert params["tracking.uri"] == "https://alice:***@mlflow.internal"
+    assert params["storage.endpoint_url"] == "http://key:***@minio.internal:9000"
+    assert not any("s3cr3t" in value or "secret@" in value for value in params.values())

@@ -218,6 +218,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         err_console.print(f"[yellow]stopped following[/]: job {escape(job_id)} keeps running on "
                           "the cluster (see the logs and stop commands above)", soft_wrap=True)
         return 130
+    except Exception as err:  # the job API went away (the job itself may not have)
+        network = isinstance(err, (OSError, RuntimeError)) or type(err).__module__.startswith("aiohttp")
+        if not network:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        err_console.print(f"[yellow]stopped following[/]: lost the job API at {escape(sub.address)} "
+                          f"({escape(reason)}); job {escape(job_id)} may still be running (see the "
+                          "logs and stop commands above)", soft_wrap=True)
+        return 1
     ok = status == "SUCCEEDED"
     console.print(f"[{'green' if ok else 'red'}]job {escape(job_id)} {status}[/]")
     return 0 if ok else 1

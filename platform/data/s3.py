@@ -82,8 +82,7 @@ class S3Mirror:
             meta = json.loads(body["Body"].read())
             (dest_dir / "meta.json").write_text(json.dumps(meta, indent=2))
             for name in SHARDS:
-                size = self.client.head_object(Bucket=self.bucket,
-                                               Key=self._object(key, name))["ContentLength"]
+                size = self._size(key, name)
                 self.client.download_file(self.bucket, self._object(key, name),
                                           str(dest_dir / name),
                                           Callback=_byte_counter(progress, f"download {name}", size))
@@ -92,6 +91,20 @@ class S3Mirror:
         except Exception as e:
             raise self._error(e) from e
         return meta
+
+    def _size(self, key: str, name: str) -> int:
+        """A shard's size; a shard missing under a `meta.json` is an incomplete copy."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._object(key, name))["ContentLength"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise DataError(
+                    f"data.cache_dir={self.uri!r}: the copy of {key!r} there is incomplete ({name} "
+                    "is missing under its meta.json); delete that prefix so it is rebuilt"
+                ) from None
+            raise
 
     def _error(self, e: BaseException) -> DataError:
         from .tokenizers import _first_line

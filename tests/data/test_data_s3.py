@@ -79,6 +79,16 @@ def test_corrupt_copy_is_refused(bucket, cfg, tmp_path, monkeypatch):
     assert not (tmp_path / "machine-b" / built.key).exists()
 
 
+def test_incomplete_copy_is_refused_by_what_is_missing(bucket, cfg, tmp_path, monkeypatch):
+    """A shard deleted under its meta.json is not an S3 connection problem."""
+    built = prepare(cfg, tmp_path / "machine-a")
+    bucket.delete_object(Bucket="paralab", Key=f"data/{built.key}/val.bin")
+    monkeypatch.setattr(shards, "_build", _no_build)
+    with pytest.raises(DataError, match=r"the copy of .* there is incomplete \(val.bin is missing "
+                                        r"under its meta.json\); delete that prefix so it is rebuilt"):
+        load_prepared(cfg, built.key, tmp_path / "machine-b")
+
+
 def test_missing_entry_and_bucket(bucket, cfg, tmp_path):
     with pytest.raises(DataError, match=r"'bible-0000' is not in .* or s3://paralab/data/"):
         load_prepared(cfg, "bible-0000", tmp_path)

@@ -309,3 +309,22 @@ def test_submit_runs_the_experiment_on_the_cluster(seaweedfs, ray_head, tmp_path
     proc = run_paralab(tmp_path / "laptop", "scaling", str(SCALING), *study)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "model.cell=paragru" in proc.stdout and "left out" not in proc.stdout
+
+
+def test_losing_the_job_api_while_following_is_one_line(monkeypatch, capsys):
+    """The head restarting, a dropped tunnel: the job may still run; say so, no traceback."""
+    import aiohttp
+
+    from paralab.platform import cli
+
+    submit_module = sys.modules["paralab.platform.jobs.submit"]
+
+    def lost(address, job_id, write):
+        raise aiohttp.ClientConnectionError("Connection closed")
+
+    monkeypatch.setattr(submit_module, "submit", lambda sub: "job-1")
+    monkeypatch.setattr(submit_module, "follow", lost)
+    assert cli.main(["submit", str(QUICKSTART), "--address", "http://head:8265", "--follow", *DURABLE]) == 1
+    err = capsys.readouterr().err
+    assert "stopped following: lost the job API at http://head:8265 (Connection closed); job job-1 may" in " ".join(err.split())
+    assert "Traceback" not in err

@@ -38,7 +38,7 @@ def plan_table(plan: SweepPlan, cpus: float, gpus: float, at_once: int | None,
     table.add_column("#", justify="right")
     for key in sweep.params:
         table.add_column(key)
-    cfgs = [plan.trial_cfg(values) for values in plan.trials]
+    cfgs = plan.trial_cfgs
     # Steps differ between trials when train.steps or train.flops_budget is swept: show them.
     steps = len({cfg.train.steps for cfg in cfgs}) > 1 or "train.flops_budget" in sweep.params
     if steps:

@@ -115,6 +115,8 @@ class SweepPlan:
     trials: list[dict[str, Any]]
     """The trials' values (exact for grid/random; optuna: its first suggestions)."""
     per_trial: Resources
+    trial_cfgs: list[ExperimentConfig] = field(default_factory=list)
+    """The experiment each listed trial runs, in ``trials`` order, built once by :func:`plan_sweep`."""
 
     @property
     def sweep(self) -> SweepConfig:
@@ -144,7 +146,7 @@ class SweepPlan:
     def max_steps(self) -> int:
         """The most steps any listed trial trains (``train.steps`` or the FLOP budget may be
         swept); the base config's when no trial is listed."""
-        return max([self.trial_cfg(v).train.steps for v in self.trials] or [self.cfg.train.steps])
+        return max([c.train.steps for c in self.trial_cfgs] or [self.cfg.train.steps])
 
 
 def sweep_id(cfg: ExperimentConfig) -> str:
@@ -165,10 +167,10 @@ def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     spaces.check_params(path, list(overrides), cfg.sweep)
     plan = SweepPlan(str(path), list(overrides), cfg, sweep_id(cfg), [], Resources(0, 0, 0))
     plan.trials = spaces.expand(cfg.sweep)
-    trial_cfgs = _listed_trials(plan)
+    plan.trial_cfgs = _listed_trials(plan)
     plan.per_trial = _largest_trial(plan)
     _refuse_pbt(plan)
-    for values, trial in zip(plan.trials, trial_cfgs) if plan.trials else [(None, cfg)]:
+    for values, trial in zip(plan.trials, plan.trial_cfgs) if plan.trials else [(None, cfg)]:
         _check_metric(path, cfg.sweep.metric, trial, values)
     _check_asha(plan)
     _check_scaling_keys(path, cfg)
@@ -449,8 +451,8 @@ def run_sweep(
     data = prepare(plan.cfg.data, endpoint_url=plan.cfg.storage.endpoint_url,
                    region=plan.cfg.storage.region)
     data_swept = any(k.startswith("data.") for k in plan.sweep.params)
-    for values in plan.trials if plan.exact and not data_swept else []:
-        check_data(plan.trial_cfg(values), data)  # e.g. a swept batch size the data can't fill
+    for trial in plan.trial_cfgs if plan.exact and not data_swept else []:
+        check_data(trial, data)  # e.g. a swept batch size the data can't fill
     data_key = data.key
     on_event("starting Ray" if not os.environ.get("RAY_ADDRESS") else "joining the Ray cluster")
     init_ray(resources={DRIVER_RESOURCE: 1})

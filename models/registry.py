@@ -1,7 +1,8 @@
 """Cells by name, so that ``model.cell: <name>`` in a YAML finds them.
 
 Built-in cells register themselves when their module is imported; :func:`get_cell` imports
-them on first use.  A custom cell registers with ``register_cell("name", MyCell)`` (see
+the one it is asked for, so that naming a cell (a config check, a CLI start) costs no import
+and no Jacobian check of the others.  A custom cell registers with ``register_cell("name", MyCell)`` (see
 :mod:`paralab.models.leaky_tanh` for a worked example).
 """
 
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
     from paralab.models.cell import RecurrentCell
 
 _CELLS: dict[str, type[RecurrentCell]] = {}
-_BUILTIN_MODULES = ("paragru", "paralstm", "linear_cell", "leaky_tanh")
+# Built-in cell name -> the module of ``paralab.models`` that registers it.
+_BUILTINS = {"paragru": "paragru", "paralstm": "paralstm", "linear": "linear_cell",
+             "leaky_tanh": "leaky_tanh"}
 
 
 def register_cell(name: str, cls: type[RecurrentCell]) -> type[RecurrentCell]:
@@ -43,18 +46,13 @@ def register_cell(name: str, cls: type[RecurrentCell]) -> type[RecurrentCell]:
 
 def get_cell(name: str) -> type[RecurrentCell]:
     """The cell class registered as ``name``."""
-    _load_builtins()
+    if name not in _CELLS and name in _BUILTINS:
+        importlib.import_module(f"paralab.models.{_BUILTINS[name]}")
     if name not in _CELLS:
-        raise KeyError(f"unknown cell {name!r}; registered: {sorted(_CELLS)}")
+        raise KeyError(f"unknown cell {name!r}; registered: {registered_cells()}")
     return _CELLS[name]
 
 
 def registered_cells() -> list[str]:
-    """Names of every registered cell."""
-    _load_builtins()
-    return sorted(_CELLS)
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(f"paralab.models.{module}")
+    """Names of every registered cell, built-in ones included (not imported here)."""
+    return sorted(_CELLS.keys() | _BUILTINS.keys())

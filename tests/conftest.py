@@ -5,6 +5,7 @@ Plain helpers live in `paralab_testing.py`, which tests import by that unique na
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import subprocess
@@ -24,32 +25,62 @@ from paralab_testing import ROOT, run_paralab  # noqa: E402
 
 
 @functools.cache
-def _starts_ray(module: Path) -> bool:
+def _ray_tests(module: Path) -> frozenset[str] | None:
+    """Names of the tests in ``module`` marked ``ray`` (``None``: all of them, by ``pytestmark``)."""
     try:
-        return "pytest.mark.ray" in module.read_text()
-    except OSError:
-        return False
+        tree = ast.parse(module.read_text())
+    except (OSError, SyntaxError):
+        return frozenset()
+
+    def marks_ray(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Attribute) and n.attr == "ray" for n in ast.walk(node))
+
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
+        ) and marks_ray(node.value):
+            return None
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and any(map(marks_ray, node.decorator_list)):
+            names.add(node.name)
+    return frozenset(names)
+
+
+def _starts_ray(rootpath: Path, nodeid: str) -> bool:
+    path, _, rest = nodeid.partition("::")
+    marked = _ray_tests(rootpath / path)
+    return marked is None or rest.split("::")[0].split("[")[0] in marked
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest without xdist (benchmarks/gpu_check.sh) runs too
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under ``make test`` (two pytest-xdist workers), the modules that hold Ray tests run on one
+    """Under ``make test`` (two pytest-xdist workers), the tests marked ``ray`` run on one
     worker, in order, while the other worker takes every other test as it frees up.
 
     Two local Ray clusters at once on 2 cores would each believe they own every core and
     starve each other; a Ray test mostly waits on processes starting, and the CPU-bound tests
-    beside it fill that time. (``--dist loadgroup`` would say this with markers, but it does
-    not group under pytest 9.2, whose node ids it can no longer rewrite.)"""
+    beside it fill that time. The controller does not collect, so the marks are read from the
+    test modules' source. (``--dist loadgroup`` would say this with markers, but it does not
+    group under pytest 9.2, whose node ids it can no longer rewrite.)"""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class RayModulesTogether(LoadScopeScheduling):
+    class RayTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = config.rootpath / nodeid.split("::", 1)[0]
-            return "ray" if _starts_ray(module) else nodeid
+            return "ray" if _starts_ray(config.rootpath, nodeid) else nodeid
 
-    return RayModulesTogether(config, log)
+    return RayTestsTogether(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``ray`` mark the scheduler above cannot see would put two Ray clusters side by side."""
+    for item in items:
+        if item.get_closest_marker("ray") and not _starts_ray(config.rootpath, item.nodeid):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked ray, but tests/conftest.py cannot see the mark in its "
+                "source: mark the test function, or its module with `pytestmark`"
+            )
 
 
 def _stray_mlflow_dirs() -> set[Path]:

@@ -3,6 +3,9 @@ custom cells register by name."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -124,3 +127,17 @@ def test_a_parameter_outside_recurrent_rows_gets_its_gradient():
     assert grads["parallel"]["gain"].abs().sum() > 0
     cell.constrain_()
     assert (cell.gain == 1.5).all(), "only recurrent_rows are bounded"
+
+
+def test_naming_a_cell_imports_only_that_cell():
+    """A config check lists cell names without importing (and Jacobian-checking) every built-in
+    cell: `leaky_tanh`'s check alone pulls in torch._dynamo, ~2 s of every CLI start."""
+    code = (
+        "import sys; from paralab.models.registry import get_cell, registered_cells; "
+        "assert 'leaky_tanh' in registered_cells(); "
+        "assert not any(m in sys.modules for m in "
+        "('paralab.models.leaky_tanh', 'paralab.models.paragru', 'torch._dynamo')); "
+        "get_cell('paragru'); assert 'paralab.models.leaky_tanh' not in sys.modules; "
+        "assert get_cell('linear').__name__ == 'LinearCell'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

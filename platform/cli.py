@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from paralab.platform.errors import first_line
+
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False)
 
@@ -222,9 +224,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         network = isinstance(err, (OSError, RuntimeError)) or type(err).__module__.startswith("aiohttp")
         if not network:
             raise
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         err_console.print(f"[yellow]stopped following[/]: lost the job API at {escape(sub.address)} "
-                          f"({escape(reason)}); job {escape(job_id)} may still be running (see the "
+                          f"({escape(first_line(err))}); job {escape(job_id)} may still be running (see the "
                           "logs and stop commands above)", soft_wrap=True)
         return 1
     ok = status == "SUCCEEDED"

@@ -18,14 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from paralab.platform.config.schema import ExperimentConfig
+from paralab.platform.errors import first_line
 
 
 class ConfigError(ValueError):
     """A bad experiment file or override; the message is meant for the user as is."""
-
-
-def _first_line(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else message
 
 
 _FLOAT = "tag:yaml.org,2002:float"
@@ -82,7 +79,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
-    return getattr(err, "problem", None) or _first_line(str(err))
+    return getattr(err, "problem", None) or first_line(err)
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -111,7 +108,7 @@ def _read_yaml(path: Path) -> DictConfig:
         return OmegaConf.create(raw)
     except OmegaConfBaseException as err:  # a value OmegaConf cannot hold: `!!set {a}`
         key = getattr(err, "full_key", None)
-        raise ConfigError(f"{path}:{f' {key}:' if key else ''} {_first_line(str(err))}") from None
+        raise ConfigError(f"{path}:{f' {key}:' if key else ''} {first_line(err)}") from None
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -130,7 +127,7 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         try:
             OmegaConf.update(layer, key, parsed)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"overrides: {_first_line(str(err))}") from None
+            raise ConfigError(f"overrides: {first_line(err)}") from None
     return layer
 
 
@@ -146,11 +143,11 @@ def _to_objects(merged: DictConfig, source: str) -> ExperimentConfig:
             sections[f.name] = OmegaConf.to_object(node)
         except (ValueError, TypeError) as err:
             # __post_init__ messages start with the field name: "lr must be > 0, got -1".
-            raise ConfigError(f"{source}: {f.name}.{_first_line(str(err))}") from None
+            raise ConfigError(f"{source}: {f.name}.{first_line(err)}") from None
     try:
         return ExperimentConfig(**sections)
     except ValueError as err:
-        raise ConfigError(f"{source}: {_first_line(str(err))}") from None
+        raise ConfigError(f"{source}: {first_line(err)}") from None
 
 
 def _check_across_sections(cfg: ExperimentConfig, source: str) -> None:
@@ -239,7 +236,7 @@ def merge(base: DictConfig, *layers: tuple[str, DictConfig]) -> DictConfig:
             merged = OmegaConf.merge(merged, layer)
         except (OmegaConfBaseException, TypeError) as err:
             key = getattr(err, "full_key", None)
-            message = _first_line(getattr(err, "msg", None) or str(err))
+            message = first_line(getattr(err, "msg", None) or str(err))
             where = f" {key}:" if key else ""
             raise ConfigError(f"{source}:{where} {message}") from None
     return merged

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from paralab.platform.config.schema import DataConfig
+from paralab.platform.errors import first_line
 
 from .errors import DataError
-from .tokenizers import _first_line
 
 
 class Corpus(Protocol):
@@ -200,7 +200,7 @@ class HFCorpus:
                                          streaming=self.streaming)
         except Exception as e:  # offline: ConnectionError, DatasetNotFoundError, FileNotFoundError...
             raise DataError(
-                f"data.path={self.name!r} could not be loaded by datasets ({_first_line(e)}); check "
+                f"data.path={self.name!r} could not be loaded by datasets ({first_line(e, typed=True)}); check "
                 "the name, data.hf_config and data.hf_split, or download it once while online "
                 "(HF_DATASETS_OFFLINE=1 then uses the cache)"
             ) from e

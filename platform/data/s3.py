@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from paralab.platform.errors import first_line
+
 from .errors import DataError
 
 SHARDS = ("train.bin", "val.bin")
@@ -107,10 +109,9 @@ class S3Mirror:
             raise
 
     def _error(self, e: BaseException) -> DataError:
-        from .tokenizers import _first_line
 
         return DataError(
-            f"data.cache_dir={self.uri!r}: S3 request failed ({_first_line(e)}); check the endpoint "
+            f"data.cache_dir={self.uri!r}: S3 request failed ({first_line(e, typed=True)}); check the endpoint "
             "(storage.endpoint_url or AWS_ENDPOINT_URL), the bucket and the credentials"
         )
 

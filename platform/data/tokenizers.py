@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from paralab.platform.errors import first_line
+
 from .errors import DataError
 
 
@@ -108,7 +110,7 @@ def _load_hf(name: str) -> tuple[str, Any]:
             return "transformers", transformers.AutoTokenizer.from_pretrained(name)
         except Exception as e:  # OSError offline, ValueError for unknown models, ...
             raise DataError(
-                f"data.tokenizer_name={name!r} could not be loaded ({_first_line(e)}); check the "
+                f"data.tokenizer_name={name!r} could not be loaded ({first_line(e, typed=True)}); check the "
                 f"name, fetch it once while online (HF_HUB_OFFLINE=1 then uses the cache), {hint}"
             ) from e
     try:
@@ -124,7 +126,7 @@ def _load_hf(name: str) -> tuple[str, Any]:
         return "tokenizers", tokenizers.Tokenizer.from_pretrained(name)
     except Exception as e:
         raise DataError(
-            f"data.tokenizer_name={name!r} could not be loaded ({_first_line(e)}); check the "
+            f"data.tokenizer_name={name!r} could not be loaded ({first_line(e, typed=True)}); check the "
             f"name or path, fetch it once while online, {hint}"
         ) from e
 
@@ -160,6 +162,3 @@ def _as_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

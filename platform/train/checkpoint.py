@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from paralab.platform.errors import first_line
 from paralab.platform.storage.errors import StorageError
 from paralab.platform.storage.files import write_whole
 
@@ -139,11 +140,6 @@ def full_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         return torch.load(merged, map_location="cpu", weights_only=False)["model"]
 
 
-def _reason(err: Exception) -> str:
-    """An error's first line, for a one-line message."""
-    return (str(err).splitlines() or [type(err).__name__])[0]
-
-
 def list_folder(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     """The entries of ``path``, none if it does not exist. A listing that fails is an error:
     taken as empty, it would make a run look fresh (a finished run retrained, a restart
@@ -153,7 +149,7 @@ def list_folder(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise StorageError(f"cannot list {path} ({_reason(err)}); check the storage and retry") from None
+        raise StorageError(f"cannot list {path} ({first_line(err)}); check the storage and retry") from None
 
 
 def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> dict[int, str]:
@@ -189,7 +185,7 @@ def resume_step(fs: pafs.FileSystem, run_path: str) -> int | None:
     except ValueError:  # not JSON: Ray cannot restore from it either
         return None
     except OSError as err:
-        raise StorageError(f"cannot read {path} ({_reason(err)}); check the storage and retry") from None
+        raise StorageError(f"cannot read {path} ({first_line(err)}); check the storage and retry") from None
     match = CHECKPOINT_RE.match((latest or {}).get("checkpoint_dir_name") or "")
     return int(match.group(1)) if match else None
 
@@ -210,7 +206,7 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        raise StorageError(f"cannot read {path} ({_reason(err)}); restore or delete it") from None
+        raise StorageError(f"cannot read {path} ({first_line(err)}); restore or delete it") from None
     return record
 
 

@@ -25,31 +25,39 @@ from paralab_testing import ROOT, run_paralab  # noqa: E402
 
 
 @functools.cache
-def _ray_tests(module: Path) -> frozenset[str] | None:
-    """Names of the tests in ``module`` marked ``ray`` (``None``: all of them, by ``pytestmark``)."""
+def _ray_scopes(module: Path) -> dict[str, str]:
+    """Test name -> scheduling scope (``ray`` or ``ray-last``) for the tests of ``module``
+    marked ``ray``; the name ``*`` when the module's ``pytestmark`` marks them all."""
     try:
         tree = ast.parse(module.read_text())
     except (OSError, SyntaxError):
-        return frozenset()
+        return {}
 
-    def marks_ray(node: ast.AST) -> bool:
-        return any(isinstance(n, ast.Attribute) and n.attr == "ray" for n in ast.walk(node))
+    def scope(node: ast.AST) -> str | None:
+        for n in ast.walk(node):  # breadth first: `mark.ray(...)` before its `mark.ray`
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "ray":
+                last = any(k.arg == "last" and getattr(k.value, "value", False) for k in n.keywords)
+                return "ray-last" if last else "ray"
+            if isinstance(n, ast.Attribute) and n.attr == "ray":
+                return "ray"
+        return None
 
-    names = set()
+    scopes = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
-        ) and marks_ray(node.value):
-            return None
-        if isinstance(node, ast.FunctionDef | ast.ClassDef) and any(map(marks_ray, node.decorator_list)):
-            names.add(node.name)
-    return frozenset(names)
+        ) and (found := scope(node.value)):
+            scopes["*"] = found
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            if found := next(filter(None, map(scope, node.decorator_list)), None):
+                scopes[node.name] = found
+    return scopes
 
 
-def _starts_ray(rootpath: Path, nodeid: str) -> bool:
+def _ray_scope(rootpath: Path, nodeid: str) -> str | None:
     path, _, rest = nodeid.partition("::")
-    marked = _ray_tests(rootpath / path)
-    return marked is None or rest.split("::")[0].split("[")[0] in marked
+    scopes = _ray_scopes(rootpath / path)
+    return scopes.get(rest.split("::")[0].split("[")[0], scopes.get("*"))
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest without xdist (benchmarks/gpu_check.sh) runs too
@@ -59,16 +67,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     Two local Ray clusters at once on 2 cores would each believe they own every core and
     starve each other; a Ray test mostly waits on processes starting, and the CPU-bound tests
-    beside it fill that time. The controller does not collect, so the marks are read from the
-    test modules' source. (``--dist loadgroup`` would say this with markers, but it does not
-    group under pytest 9.2, whose node ids it can no longer rewrite.)"""
+    beside it fill that time. Those marked ``ray(last=True)`` (long ones) wait until every
+    other test is handed out, and then go to the first worker free: without them, the other
+    worker idled for the last third of the suite. The controller does not collect, so the
+    marks are read from the test modules' source. (``--dist loadgroup`` would say this with
+    markers, but it does not group under pytest 9.2, whose node ids it can no longer rewrite.)"""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class RayTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if _starts_ray(config.rootpath, nodeid) else nodeid
+            return _ray_scope(config.rootpath, nodeid) or nodeid
+
+        def _assign_work_unit(self, node) -> None:
+            if len(self.workqueue) > 1 and "ray-last" in self.workqueue:
+                self.workqueue.move_to_end("ray-last")
+            super()._assign_work_unit(node)
 
     return RayTestsTogether(config, log)
 
@@ -76,7 +91,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A ``ray`` mark the scheduler above cannot see would put two Ray clusters side by side."""
     for item in items:
-        if item.get_closest_marker("ray") and not _starts_ray(config.rootpath, item.nodeid):
+        if item.get_closest_marker("ray") and not _ray_scope(config.rootpath, item.nodeid):
             raise pytest.UsageError(
                 f"{item.nodeid} is marked ray, but tests/conftest.py cannot see the mark in its "
                 "source: mark the test function, or its module with `pytestmark`"

@@ -257,7 +257,7 @@ def ray_head(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.ray
+@pytest.mark.ray(last=True)  # its own Ray head; the longest Ray test
 @pytest.mark.s3
 def test_submit_runs_the_experiment_on_the_cluster(seaweedfs, ray_head, tmp_path):
     results = tmp_path / "results"

@@ -45,6 +45,10 @@ class DataConfig:
     """Hugging Face split (`hf` only)."""
     hf_text_field: str = "text"
     """Column holding the text (`hf` only)."""
+    hf_revision: str | None = None
+    """Hugging Face dataset revision: a commit hash, tag or branch (`hf` only). Pin it to
+    reproduce a study: unpinned, the data cache keeps what was first downloaded, while a
+    fresh machine downloads whatever the hub has then."""
     streaming: bool = False
     """Stream the Hugging Face dataset instead of downloading it whole (`hf` only)."""
     max_tokens: int | None = None
@@ -53,6 +57,8 @@ class DataConfig:
     """`byte` (256 symbols, no network) or `hf` (a Hugging Face tokenizer, see `tokenizer_name`)."""
     tokenizer_name: str | None = None
     """Hugging Face tokenizer name or path when `tokenizer: hf`."""
+    tokenizer_revision: str | None = None
+    """Revision (commit hash, tag or branch) of a hub tokenizer (`tokenizer: hf`); see `hf_revision`."""
     token_dtype: str = "uint16"
     """On-disk token type of `tokens` memmaps: `uint16` or `uint32`."""
     seq_len: int = 256
@@ -69,6 +75,10 @@ class DataConfig:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.source in ("text", "hf", "tokens") and not self.path:
             raise ValueError(f"path is required when source is {self.source!r}")
+        if self.hf_revision and self.source != "hf":
+            raise ValueError(f"hf_revision applies to source 'hf' only, not {self.source!r}")
+        if self.tokenizer_revision and self.tokenizer != "hf":
+            raise ValueError(f"tokenizer_revision applies to tokenizer 'hf' only, not {self.tokenizer!r}")
         if self.token_dtype not in ("uint16", "uint32"):
             raise ValueError(f"token_dtype must be uint16 or uint32, got {self.token_dtype!r}")
         if self.seq_len < 1:

@@ -176,32 +176,34 @@ def resolve_text_files(path: str) -> list[Path]:
 
 
 class HFCorpus:
-    """A Hugging Face dataset: ``load_dataset(path, hf_config, split=hf_split, streaming=...)``,
-    one document per row's `hf_text_field`. `datasets` is imported only when the documents
+    """A Hugging Face dataset: ``load_dataset(path, hf_config, split=hf_split,
+    revision=hf_revision, streaming=...)``, one document per row's `hf_text_field`. `datasets` is imported only when the documents
     are read, so a cache hit needs neither the package nor the network."""
 
     def __init__(self, name: str, config: str | None = None, split: str = "train",
-                 text_field: str = "text", streaming: bool = False) -> None:
+                 text_field: str = "text", streaming: bool = False,
+                 revision: str | None = None) -> None:
         if importlib.util.find_spec("datasets") is None:
             raise DataError(
                 f"data.source='hf' (data.path={name!r}) needs the `datasets` package: "
                 "pip install 'paralab[hf]'"
             )
         self.name, self.config, self.split = name, config, split
-        self.text_field, self.streaming = text_field, streaming
+        self.text_field, self.streaming, self.revision = text_field, streaming, revision
         config_part = f"/{config}" if config else ""
-        self.description = f"hf: {name}{config_part} split={split} field={text_field}"
+        revision_part = f"@{revision}" if revision else ""
+        self.description = f"hf: {name}{config_part}{revision_part} split={split} field={text_field}"
 
     def documents(self) -> Iterator[str]:
         import datasets
 
         try:
             rows = datasets.load_dataset(self.name, self.config, split=self.split,
-                                         streaming=self.streaming)
+                                         revision=self.revision, streaming=self.streaming)
         except Exception as e:  # offline: ConnectionError, DatasetNotFoundError, FileNotFoundError...
             raise DataError(
                 f"data.path={self.name!r} could not be loaded by datasets ({first_line(e, typed=True)}); check "
-                "the name, data.hf_config and data.hf_split, or download it once while online "
+                "the name, data.hf_config, data.hf_split and data.hf_revision, or download it once while online "
                 "(HF_DATASETS_OFFLINE=1 then uses the cache)"
             ) from e
         for row in rows:
@@ -216,8 +218,11 @@ class HFCorpus:
 
     def fingerprint(self) -> dict[str, Any]:
         # Streamed and downloaded copies are the same rows, so `streaming` is left out.
-        return {"kind": "hf", "name": self.name, "config": self.config, "split": self.split,
-                "field": self.text_field}
+        fingerprint = {"kind": "hf", "name": self.name, "config": self.config,
+                       "split": self.split, "field": self.text_field}
+        if self.revision:  # absent, not None, when unpinned: existing cache keys stay valid
+            fingerprint["revision"] = self.revision
+        return fingerprint
 
     def size_hint(self) -> int | None:
         return None
@@ -233,7 +238,7 @@ def open_corpus(cfg: DataConfig) -> Corpus:
         return TextCorpus(_require_path(cfg))
     if cfg.source == "hf":
         return HFCorpus(_require_path(cfg), cfg.hf_config, cfg.hf_split, cfg.hf_text_field,
-                        cfg.streaming)
+                        cfg.streaming, cfg.hf_revision)
     if cfg.source == "tokens":
         raise DataError("data.source='tokens' is pre-tokenized and has no text; call prepare()")
     raise DataError(f"data.source={cfg.source!r} is not one of bible, stdlib, text, hf, tokens")

@@ -168,7 +168,8 @@ def cache_identity(cfg: DataConfig, corpus: Corpus) -> dict[str, Any]:
         "corpus": corpus.fingerprint(),
         "tokenizer": {"kind": cfg.tokenizer,
                       "name": cfg.tokenizer_name if cfg.tokenizer == "hf" else None,
-                      **_local_tokenizer_content(cfg)},
+                      **_local_tokenizer_content(cfg),
+                      **({"revision": cfg.tokenizer_revision} if cfg.tokenizer_revision else {})},
         "max_tokens": cfg.max_tokens,
         "val_fraction": cfg.val_fraction,
     }
@@ -285,7 +286,8 @@ def open_tokens(cfg: DataConfig) -> PreparedData:
         "format": FORMAT_VERSION,
         "key": f"tokens-{hashlib.sha256(ident.encode()).hexdigest()[:16]}",
         "source": f"tokens: {path}",
-        "tokenizer": {"kind": cfg.tokenizer, "name": cfg.tokenizer_name},
+        "tokenizer": {"kind": cfg.tokenizer, "name": cfg.tokenizer_name,
+                      **({"revision": cfg.tokenizer_revision} if cfg.tokenizer_revision else {})},
         "vocab_size": vocab_size,
         "dtype": dtype.name,
         "train_tokens": n_train,
@@ -409,7 +411,7 @@ def _download(mirror: S3Mirror, key: str, folder: Path,
 def _build(cfg: DataConfig, corpus: Corpus, key: str, folder: Path,
            progress: ProgressFn | None) -> None:
     """Tokenize `corpus` into `folder`: train.bin, val.bin, then meta.json."""
-    tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_name)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_name, cfg.tokenizer_revision)
     dtype = token_dtype_for(tokenizer.vocab_size)
     n_tokens, digest = _write_stream(cfg, corpus, tokenizer, dtype, folder / "tokens.bin", progress)
     if n_tokens == 0:

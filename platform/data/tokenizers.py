@@ -7,6 +7,7 @@ Every tokenizer maps text to a 1-D integer array of ids in ``[0, vocab_size)`` a
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -66,12 +67,16 @@ class HFTokenizer:
     Uses ``transformers.AutoTokenizer`` when installed, else ``tokenizers.Tokenizer``
     (which also reads a local ``tokenizer.json``). Both are imported only here, so the rest
     of paralab works without them. Offline, the hub cache is used (set ``HF_HUB_OFFLINE=1``
-    to skip the network); a name that is not cached raises :class:`DataError`.
+    to skip the network); a name that is not cached raises :class:`DataError`. ``revision``
+    (``data.tokenizer_revision``) pins a hub tokenizer to a commit, tag or branch.
     """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._backend, self._tok = _load_hf(name)
+    def __init__(self, name: str, revision: str | None = None) -> None:
+        if revision and _is_local(name):
+            raise DataError(f"data.tokenizer_revision={revision!r} applies to hub tokenizers; "
+                            f"data.tokenizer_name={name!r} is a local path")
+        self.name, self.revision = name, revision
+        self._backend, self._tok = _load_hf(name, revision)
         if self._backend == "transformers":
             self.vocab_size = len(self._tok)
             self.eos_id = self._tok.eos_token_id
@@ -96,10 +101,14 @@ class HFTokenizer:
         return self._tok.decode(_as_list(ids))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "name": self.name}
+        return {"kind": "hf", "name": self.name, **({"revision": self.revision} if self.revision else {})}
 
 
-def _load_hf(name: str) -> tuple[str, Any]:
+def _is_local(name: str) -> bool:
+    return name.endswith(".json") or os.path.exists(os.path.expanduser(name))
+
+
+def _load_hf(name: str, revision: str | None = None) -> tuple[str, Any]:
     hint = "or use data.tokenizer=byte"
     try:
         import transformers
@@ -107,7 +116,7 @@ def _load_hf(name: str) -> tuple[str, Any]:
         transformers = None
     if transformers is not None:
         try:
-            return "transformers", transformers.AutoTokenizer.from_pretrained(name)
+            return "transformers", transformers.AutoTokenizer.from_pretrained(name, revision=revision)
         except Exception as e:  # OSError offline, ValueError for unknown models, ...
             raise DataError(
                 f"data.tokenizer_name={name!r} could not be loaded ({first_line(e, typed=True)}); check the "
@@ -123,7 +132,7 @@ def _load_hf(name: str) -> tuple[str, Any]:
     try:
         if name.endswith(".json"):
             return "tokenizers", tokenizers.Tokenizer.from_file(name)
-        return "tokenizers", tokenizers.Tokenizer.from_pretrained(name)
+        return "tokenizers", tokenizers.Tokenizer.from_pretrained(name, revision=revision or "main")
     except Exception as e:
         raise DataError(
             f"data.tokenizer_name={name!r} could not be loaded ({first_line(e, typed=True)}); check the "
@@ -131,8 +140,10 @@ def _load_hf(name: str) -> tuple[str, Any]:
         ) from e
 
 
-def load_tokenizer(kind: str = "byte", name: str | None = None) -> Tokenizer:
-    """Build a tokenizer from `data.tokenizer` (`byte` or `hf`) and `data.tokenizer_name`."""
+def load_tokenizer(kind: str = "byte", name: str | None = None,
+                   revision: str | None = None) -> Tokenizer:
+    """Build a tokenizer from `data.tokenizer` (`byte` or `hf`), `data.tokenizer_name` and
+    `data.tokenizer_revision`."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "hf":
@@ -140,7 +151,7 @@ def load_tokenizer(kind: str = "byte", name: str | None = None) -> Tokenizer:
             raise DataError(
                 "data.tokenizer=hf needs data.tokenizer_name (a Hugging Face name or a path)"
             )
-        return HFTokenizer(name)
+        return HFTokenizer(name, revision)
     raise DataError(f"data.tokenizer={kind!r} is not one of 'byte', 'hf'")
 
 

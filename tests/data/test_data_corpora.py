@@ -88,8 +88,8 @@ def fake_datasets(monkeypatch):
     """A stand-in `datasets` module whose load_dataset records its arguments."""
     calls = []
 
-    def load_dataset(name, config, split, streaming):
-        calls.append((name, config, split, streaming))
+    def load_dataset(name, config, split, revision, streaming):
+        calls.append((name, config, split, streaming) + ((revision,) if revision else ()))
         if name == "offline/ds":
             raise ConnectionError("Couldn't reach 'offline/ds' on the Hub (LocalEntryNotFoundError)")
         return iter([{"text": "row one", "id": 1}, {"text": "", "id": 2}, {"text": "row three", "id": 3}])
@@ -106,6 +106,27 @@ def test_hf_streams_rows(fake_datasets):
     corpus = open_corpus(cfg)
     assert list(corpus.documents()) == ["row one", "row three"]
     assert fake_datasets == [("org/ds", "en", "validation", True)]
+
+
+def test_hf_revision_is_passed_and_keys_the_cache(fake_datasets):
+    from paralab.platform.data.shards import cache_key
+
+    unpinned = DataConfig(source="hf", path="org/ds")
+    pinned = DataConfig(source="hf", path="org/ds", hf_revision="4f2c1e0")
+    corpus = open_corpus(pinned)
+    assert list(corpus.documents()) == ["row one", "row three"]
+    assert fake_datasets == [("org/ds", None, "train", False, "4f2c1e0")]
+    assert "org/ds@4f2c1e0" in corpus.description
+    assert cache_key(pinned, corpus) != cache_key(unpinned, open_corpus(unpinned))
+    other = DataConfig(source="hf", path="org/ds", hf_revision="v2")
+    assert cache_key(other, open_corpus(other)) != cache_key(pinned, corpus)
+
+
+def test_a_revision_for_another_source_is_refused():
+    with pytest.raises(ValueError, match="hf_revision applies to source 'hf' only"):
+        DataConfig(source="bible", hf_revision="main")
+    with pytest.raises(ValueError, match="tokenizer_revision applies to tokenizer 'hf' only"):
+        DataConfig(tokenizer_revision="main")
 
 
 def test_hf_wrong_field(fake_datasets):

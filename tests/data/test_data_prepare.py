@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -275,3 +276,10 @@ def test_cache_dir_relative_to_the_project_and_refused_when_unusable(small_bible
     blocker.write_text("")
     with pytest.raises(DataError, match=r"data.cache_dir: cannot use .*a-file as the data cache"):
         prepare(DataConfig(**{**small_bible.__dict__, "cache_dir": str(blocker)}))
+
+
+def test_a_hub_tokenizer_is_keyed_by_its_revision():
+    cfg = DataConfig(source="bible", tokenizer="hf", tokenizer_name="org/tok", max_tokens=1000)
+    corpus = open_corpus(cfg)
+    keys = {cache_key(dataclasses.replace(cfg, tokenizer_revision=r), corpus) for r in (None, "v1", "v2")}
+    assert len(keys) == 3

@@ -50,8 +50,11 @@ class _FakeAutoTokenizer:
     eos_token_id = 0
     model_max_length = 512
 
+    revisions: list = []
+
     @classmethod
-    def from_pretrained(cls, name):
+    def from_pretrained(cls, name, revision=None):
+        cls.revisions.append(revision)
         if name == "offline/model":
             raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
         return cls()
@@ -82,6 +85,17 @@ def test_hf_tokenizer_wraps_transformers(fake_transformers):
     assert ids.tolist() == [1, 2, 1]
     assert tok.decode(ids) == "hello world hello"
     assert tok.describe() == {"kind": "hf", "name": "some/model"}
+
+
+def test_hf_tokenizer_revision_is_passed_and_kept(fake_transformers, tmp_path):
+    tok = load_tokenizer("hf", "some/model", "v1.0")
+    assert _FakeAutoTokenizer.revisions[-1] == "v1.0"
+    assert tok.describe() == {"kind": "hf", "name": "some/model", "revision": "v1.0"}
+    assert load_tokenizer(**tok.describe()).revision == "v1.0"  # how meta.json rebuilds it
+    local = tmp_path / "tokenizer.json"
+    local.write_text("{}")
+    with pytest.raises(DataError, match=r"data.tokenizer_revision='v1.0' applies to hub tokenizers"):
+        load_tokenizer("hf", str(local), "v1.0")
 
 
 def test_hf_tokenizer_offline_names_the_key(fake_transformers):

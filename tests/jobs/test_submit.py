@@ -9,6 +9,7 @@ with storage on a shared absolute path, fitted afterwards from the same MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -205,33 +206,37 @@ def test_a_sweep_job_runs_paralab_sweep_and_needs_a_sweep_section(tmp_path):
     assert proc.returncode == 2 and "has no sweep: section" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-HEAD = """
-import signal, sys, time, ray
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit through atexit: ray.shutdown()
-ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-         dashboard_port={port}, _node_ip_address="127.0.0.1", resources={{"TRAIN_DRIVER": 100}})
-print("READY", flush=True)
-while True:
-    time.sleep(1)
-"""
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held together while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A Ray head whose job API listens on 127.0.0.1 only."""
-    port = _free_port()
+    """A Ray head started as on a cluster node (`ray start --head`), its job API on 127.0.0.1.
+
+    Every port it listens on is chosen here: Ray's fixed defaults (the dashboard agent's
+    52365 above all, which serves job submission) may be held by a local cluster that another
+    test runs meanwhile, and the head would then never get a job agent.
+    """
+    gcs, port, agent, client = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A job's entrypoint runs `python` from the head's PATH, as on a cluster image: here that
     # must be this venv's, which `make test` calls by path without activating it.
     env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
-    head = subprocess.Popen([sys.executable, "-c", HEAD.format(port=port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    log = (tmp_path / "head.log").open("w")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+         "--num-cpus=2", '--resources={"TRAIN_DRIVER": 100}'],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -243,17 +248,18 @@ def ray_head(tmp_path):
                 break  # it answers (401 while token authentication is on): it is up
             except OSError:
                 if head.poll() is not None:
-                    raise RuntimeError(f"the Ray head exited:\n{head.stdout.read()}") from None
+                    raise RuntimeError(f"the Ray head exited:\n{(tmp_path / 'head.log').read_text()}") from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no job API at {url} after 120 s") from None
                 time.sleep(1)
         yield url
     finally:
-        head.send_signal(signal.SIGTERM)
+        head.send_signal(signal.SIGTERM)  # `ray start --block` drains, then stops its processes
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
+        log.close()
 
 
 @pytest.mark.slow

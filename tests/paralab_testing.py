@@ -29,7 +29,7 @@ def paralab_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]
     with an empty MLflow store), on its own local Ray cluster and storage."""
     full_env = {**os.environ, "PARALAB_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
                 **(env or {})}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "PARALAB_STORAGE"):
         full_env.pop(key, None)
     home.mkdir(parents=True, exist_ok=True)
     seed_mlflow_store(home)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -102,6 +103,7 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
 
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
 
 def init_ray(resources: dict[str, float] | None = None) -> None:
@@ -130,9 +132,24 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
         # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner
         # asks its state API whether a trial's controller is alive, and without it the CPUs
-        # of a trial that ASHA stopped are never given back.
+        # of a trial that ASHA stopped are never given back. That API, called inside the
+        # cluster, asks the newest Ray cluster on the machine unless told which; told
+        # nothing, with another cluster started meanwhile it finds no controller, and frees
+        # a live trial's CPUs or never a stopped one's. So the port is chosen here and
+        # every process of this cluster (they inherit this environment) is told it.
+        dashboard_port = _free_loopback_port()
+        os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
         ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
-                 runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+                 runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+
+
+def _free_loopback_port() -> int:
+    """A port the kernel has free, from its ephemeral range: clear of Ray's worker ports
+    (10002-19999), which Ray refuses to share."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def local_resources() -> tuple[float, float]:

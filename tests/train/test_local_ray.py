@@ -1,4 +1,5 @@
-"""The private Ray cluster that `paralab run` and `paralab sweep` start binds loopback only."""
+"""The private Ray cluster that `paralab run` and `paralab sweep` start binds loopback only, and
+its processes ask their own cluster, not another on the machine, for actor states."""
 
 from __future__ import annotations
 
@@ -78,3 +79,47 @@ def test_local_cluster_listens_on_loopback_only(tmp_path):
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+TWO_CLUSTERS = textwrap.dedent("""
+    import subprocess, sys, time
+    import ray
+    from paralab.platform.train.launch import init_ray
+    init_ray()
+    # Another Ray cluster on this machine, started after ours: Ray's state API, which Ray
+    # Train's placement-group cleaner calls from inside the cluster, picks the newest
+    # cluster on the machine unless told which.
+    other = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "UP", "the other cluster did not start"
+    try:
+        @ray.remote(num_cpus=0)
+        class Probe:
+            def own_state(self):
+                from ray.util.state import get_actor
+                me = ray.get_runtime_context().get_actor_id()
+                found = get_actor(me, timeout=30)
+                return found.state if found else None
+        probe = Probe.remote()
+        print("STATE", ray.get(probe.own_state.remote()), flush=True)
+    finally:
+        other.terminate()
+        other.wait(timeout=60)
+""")
+OTHER = textwrap.dedent("""
+    import signal, sys, time, ray
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ray.init(address="local", num_cpus=1, include_dashboard=True, log_to_driver=False)
+    print("UP", flush=True)
+    while True:
+        time.sleep(1)
+""")
+
+
+def test_the_state_api_inside_the_cluster_asks_its_own_cluster(tmp_path):
+    """With a second Ray cluster on the machine, Ray Train's placement-group cleaner found no
+    controller (it asked the other cluster) and either freed a live trial's CPUs or never
+    freed a stopped one's; a sweep then waited forever for CPUs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", TWO_CLUSTERS, OTHER], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "STATE ALIVE" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -23,6 +23,7 @@ from typing import Any
 from paralab.platform.config.load import to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
+from paralab.platform.services.process import port_is_free
 from paralab.platform.storage.lease import LeaseHeld, RunLease
 from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker, flatten
 from paralab.platform.tracking.uris import without_password
@@ -104,10 +105,12 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
+DASHBOARD_PORT = 8265
 
 
-def init_ray(resources: dict[str, float] | None = None) -> None:
-    """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine.
+def init_ray(resources: dict[str, float] | None = None) -> str | None:
+    """Join ``RAY_ADDRESS`` when set, else start a private local cluster sized to this machine;
+    returns the local cluster's dashboard URL (``None`` when joining, or already connected).
 
     The local cluster binds 127.0.0.1 only when ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was
     set before Ray was imported, as the CLI does. ``resources`` adds custom resources to it (a
@@ -116,12 +119,13 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     address = os.environ.get("RAY_ADDRESS")
     env = {k: os.environ[k] for k in ("TRITON_INTERPRET", "PARALAB_HOME", "PARALAB_FAULT_INJECT") if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return None
     else:
         # Ray turns token authentication on for local clusters and says so on every start;
         # the CLI keeps that default and drops the notice.
@@ -135,13 +139,16 @@ def init_ray(resources: dict[str, float] | None = None) -> None:
         # of a trial that ASHA stopped are never given back. That API, called inside the
         # cluster, asks the newest Ray cluster on the machine unless told which; told
         # nothing, with another cluster started meanwhile it finds no controller, and frees
-        # a live trial's CPUs or never a stopped one's. So the port is chosen here and
-        # every process of this cluster (they inherit this environment) is told it.
-        dashboard_port = _free_loopback_port()
-        os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
+        # a live trial's CPUs or never a stopped one's. So the port is chosen here (Ray's
+        # usual 8265 when free) and every process of this cluster (they inherit this
+        # environment) is told it.
+        dashboard_port = DASHBOARD_PORT if port_is_free(DASHBOARD_PORT) else _free_loopback_port()
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        os.environ[API_SERVER_ADDRESS] = dashboard
         ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
                  runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
                  include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+        return dashboard
 
 
 def _free_loopback_port() -> int:
@@ -373,7 +380,8 @@ def launch(
         check_same_data(plan, data.key)
         if plan.resumed_from == cfg.train.steps:
             return _complete(cfg, plan, on_event, held=True)
-        init_ray()
+        if dashboard := init_ray():
+            on_event(f"Ray dashboard {dashboard}")
         return _train(cfg, plan, data.key, restart, on_event, on_progress, lease.owner)
 
 

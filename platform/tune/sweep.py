@@ -455,7 +455,8 @@ def run_sweep(
         check_data(trial, data)  # e.g. a swept batch size the data can't fill
     data_key = data.key
     on_event("starting Ray" if not os.environ.get("RAY_ADDRESS") else "joining the Ray cluster")
-    init_ray(resources={DRIVER_RESOURCE: 1})
+    if dashboard := init_ray(resources={DRIVER_RESOURCE: 1}):
+        on_event(f"Ray dashboard {dashboard}")
     cluster = ray.cluster_resources()
     if os.environ.get("RAY_ADDRESS"):
         at_once = plan.sweep.max_concurrent_trials or None  # an autoscaler may add nodes

@@ -13,9 +13,9 @@ TORCH_INDEX ?=
 TORCH_VERSION := 2.13.0
 EXPERIMENT ?= experiments/quickstart.yaml
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (0: one process). Two took 1166-1268 s of tests against
-# 1455-1546 s in one process: the modules with Ray tests share one worker (tests/conftest.py),
-# the other takes everything else.
+# pytest-xdist workers for `make test` (0: one process). Two took 1114 s of tests on 2 cores:
+# the tests marked ray share one worker, the other takes everything else and then the one
+# marked ray(last=True) (tests/conftest.py).
 PYTEST_WORKERS ?= 2
 
 .PHONY: run test install lint clean-venv

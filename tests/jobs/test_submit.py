@@ -228,6 +228,7 @@ def ray_head(tmp_path):
     # A job's entrypoint runs `python` from the head's PATH, as on a cluster image: here that
     # must be this venv's, which `make test` calls by path without activating it.
     env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # stop at SIGTERM, no 30 s drain
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     log = (tmp_path / "head.log").open("w")
     head = subprocess.Popen(
@@ -254,7 +255,7 @@ def ray_head(tmp_path):
                 time.sleep(1)
         yield url
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` drains, then stops its processes
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -177,8 +177,9 @@ def resolve_text_files(path: str) -> list[Path]:
 
 class HFCorpus:
     """A Hugging Face dataset: ``load_dataset(path, hf_config, split=hf_split,
-    revision=hf_revision, streaming=...)``, one document per row's `hf_text_field`. `datasets` is imported only when the documents
-    are read, so a cache hit needs neither the package nor the network."""
+    revision=hf_revision, streaming=...)``, one document per row's `hf_text_field`.
+    `datasets` is imported only when the documents are read, so a cache hit needs neither
+    the package nor the network."""
 
     def __init__(self, name: str, config: str | None = None, split: str = "train",
                  text_field: str = "text", streaming: bool = False,
@@ -202,9 +203,10 @@ class HFCorpus:
                                          revision=self.revision, streaming=self.streaming)
         except Exception as e:  # offline: ConnectionError, DatasetNotFoundError, FileNotFoundError...
             raise DataError(
-                f"data.path={self.name!r} could not be loaded by datasets ({first_line(e, typed=True)}); check "
-                "the name, data.hf_config, data.hf_split and data.hf_revision, or download it once while online "
-                "(HF_DATASETS_OFFLINE=1 then uses the cache)"
+                f"data.path={self.name!r} could not be loaded by datasets "
+                f"({first_line(e, typed=True)}); check the name, data.hf_config, data.hf_split and "
+                "data.hf_revision, or download it once while online (HF_DATASETS_OFFLINE=1 then "
+                "uses the cache)"
             ) from e
         for row in rows:
             if self.text_field not in row:

@@ -109,10 +109,10 @@ class S3Mirror:
             raise
 
     def _error(self, e: BaseException) -> DataError:
-
         return DataError(
-            f"data.cache_dir={self.uri!r}: S3 request failed ({first_line(e, typed=True)}); check the endpoint "
-            "(storage.endpoint_url or AWS_ENDPOINT_URL), the bucket and the credentials"
+            f"data.cache_dir={self.uri!r}: S3 request failed ({first_line(e, typed=True)}); "
+            "check the endpoint (storage.endpoint_url or AWS_ENDPOINT_URL), the bucket and the "
+            "credentials"
         )
 
 

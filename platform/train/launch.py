@@ -126,29 +126,28 @@ def init_ray(resources: dict[str, float] | None = None) -> str | None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return None
-    else:
-        # Ray turns token authentication on for local clusters and says so on every start;
-        # the CLI keeps that default and drops the notice.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # One machine is never preempted: no watcher actor per worker group (its process
-        # costs seconds of CPU on a small machine). Set before Ray starts, which passes its
-        # environment down to the controller that reads it.
-        os.environ.setdefault(PREEMPTION_WATCHER, "0")
-        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner
-        # asks its state API whether a trial's controller is alive, and without it the CPUs
-        # of a trial that ASHA stopped are never given back. That API, called inside the
-        # cluster, asks the newest Ray cluster on the machine unless told which; told
-        # nothing, with another cluster started meanwhile it finds no controller, and frees
-        # a live trial's CPUs or never a stopped one's. So the port is chosen here (Ray's
-        # usual 8265 when free) and every process of this cluster (they inherit this
-        # environment) is told it.
-        dashboard_port = DASHBOARD_PORT if port_is_free(DASHBOARD_PORT) else _free_loopback_port()
-        dashboard = f"http://127.0.0.1:{dashboard_port}"
-        os.environ[API_SERVER_ADDRESS] = dashboard
-        ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
-                 runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
-                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
-        return dashboard
+    # Ray turns token authentication on for local clusters and says so on every start;
+    # the CLI keeps that default and drops the notice.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # One machine is never preempted: no watcher actor per worker group (its process
+    # costs seconds of CPU on a small machine). Set before Ray starts, which passes its
+    # environment down to the controller that reads it.
+    os.environ.setdefault(PREEMPTION_WATCHER, "0")
+    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner
+    # asks its state API whether a trial's controller is alive, and without it the CPUs
+    # of a trial that ASHA stopped are never given back. That API, called inside the
+    # cluster, asks the newest Ray cluster on the machine unless told which; told
+    # nothing, with another cluster started meanwhile it finds no controller, and frees
+    # a live trial's CPUs or never a stopped one's. So the port is chosen here (Ray's
+    # usual 8265 when free) and every process of this cluster (they inherit this
+    # environment) is told it.
+    dashboard_port = DASHBOARD_PORT if port_is_free(DASHBOARD_PORT) else _free_loopback_port()
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    os.environ[API_SERVER_ADDRESS] = dashboard
+    ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
+             runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+    return dashboard
 
 
 def _free_loopback_port() -> int:

@@ -2,8 +2,8 @@
 
 Built-in cells register themselves when their module is imported; :func:`get_cell` imports
 the one it is asked for, so that naming a cell (a config check, a CLI start) costs no import
-and no Jacobian check of the others.  A custom cell registers with ``register_cell("name", MyCell)`` (see
-:mod:`paralab.models.leaky_tanh` for a worked example).
+and no Jacobian check of the others.  A custom cell registers with
+``register_cell("name", MyCell)`` (see :mod:`paralab.models.leaky_tanh` for a worked example).
 """
 
 from __future__ import annotations

@@ -334,13 +334,12 @@ def _joint_table(study) -> Table:
 def cmd_ui(args: argparse.Namespace) -> int:
     from paralab.platform.config.load import load_experiment
     from paralab.platform.config.schema import TrackingConfig
+    from paralab.platform.services.process import ServiceError, port_is_free
     from paralab.platform.tracking.mlflow import tracking_uri
     from paralab.platform.tracking.uris import without_password
 
     # The experiment's own store when a file is given; else MLFLOW_TRACKING_URI or the default.
     tracking = load_experiment(args.file, args.overrides).tracking if args.file else TrackingConfig()
-    from paralab.platform.services.process import ServiceError, port_is_free
-
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         console.print(f"MLflow is served at {escape(without_password(uri))}", soft_wrap=True)
@@ -354,7 +353,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port), "--workers", "1"])
     return 0
-
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

@@ -61,6 +61,15 @@ def free_ports(count: int, *, with_grpc: bool = False, avoid: Sequence[int] = ()
     raise ServiceError(f"could not find {count} free loopback ports in {PORT_RANGE}")
 
 
+def ephemeral_port(host: str = LOOPBACK) -> int:
+    """A free port the kernel picks from its ephemeral range (32768 and up on Linux): clear
+    of Ray's worker ports (10002-19999), which ``PORT_RANGE`` overlaps and Ray refuses to
+    share with its other components."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], log_path: Path,
           cwd: Path | None = None) -> subprocess.Popen:
     """Start ``argv`` detached in its own session, stdout and stderr appended to ``log_path``."""

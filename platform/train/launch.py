@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +22,7 @@ from typing import Any
 from paralab.platform.config.load import to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
-from paralab.platform.services.process import port_is_free
+from paralab.platform.services.process import ephemeral_port, port_is_free
 from paralab.platform.storage.lease import LeaseHeld, RunLease
 from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker, flatten
 from paralab.platform.tracking.uris import without_password
@@ -141,21 +140,13 @@ def init_ray(resources: dict[str, float] | None = None) -> str | None:
     # a live trial's CPUs or never a stopped one's. So the port is chosen here (Ray's
     # usual 8265 when free) and every process of this cluster (they inherit this
     # environment) is told it.
-    dashboard_port = DASHBOARD_PORT if port_is_free(DASHBOARD_PORT) else _free_loopback_port()
+    dashboard_port = DASHBOARD_PORT if port_is_free(DASHBOARD_PORT) else ephemeral_port()
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     os.environ[API_SERVER_ADDRESS] = dashboard
     ray.init(address="local", num_cpus=os.cpu_count(), resources=resources,
              runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
              include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
     return dashboard
-
-
-def _free_loopback_port() -> int:
-    """A port the kernel has free, from its ephemeral range: clear of Ray's worker ports
-    (10002-19999), which Ray refuses to share."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def local_resources() -> tuple[float, float]:

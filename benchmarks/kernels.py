@@ -549,8 +549,10 @@ def time_paper_setting(
     paper states neither B nor N)."""
     points = [((B, N), counts)] + [((b, n), (min(5, counts[0]), min(20, counts[1])))
                                    for b, n in sweep if (b, n) != (B, N)]  # fmt: skip
-    for cell in cells:
-        for (b, n), (warmup, reps) in points:
+    # Every cell's headline point before any sweep point: a budget that runs out loses a
+    # sweep point, not a cell's headline.
+    for (b, n), (warmup, reps) in points:
+        for cell in cells:
             key = {"cell": cell, "B": b, "T": L, "N": n, "warmup": warmup, "reps": reps}
 
             def run(cell=cell, b=b, n=n, warmup=warmup, reps=reps):

@@ -22,7 +22,9 @@ from paralab.kernels.scan.triton import (
     needs_int64,
     num_sms,
     scan_launch_config,
+    split_time,
 )
+from paralab.kernels.scan.utils import interpreting
 
 
 @triton.jit
@@ -42,9 +44,18 @@ def load_gates(p, base3, o_t, o_n, m, N):
     return b_p0, b_p1, b_p2
 
 
-# Below this many tiles per program a sequence is short enough that launch overhead, not the
-# serial walk over time, dominates: solve it in one launch even if the GPU is not full.
-ONE_LAUNCH_MAX_TILES = 64
+# Tiles of the fused kernels on GPU (rows BT × units BN, warps), beside the bare scans' own:
+# they hold many more tiles in registers.  The one-launch solve walks each program's whole
+# sequence, so its cost is that serial walk; halving BN doubles its programs.  On an H200
+# (benchmarks/launch_configs.py, 2026-11-29, L = 512, B = 8, N = 1024) BN = 16 ran 15-28 %
+# faster than 32 for both cells, forward and forward+backward.
+CHUNKED_TILE = {"BT": 32, "BN": 32, "num_warps": 4}
+ONE_LAUNCH_TILE = {"BT": 32, "BN": 16, "num_warps": 4}
+FUSED_PROGRAMS_PER_SM = 4
+# Up to this many tiles per program the one-launch solve beats the chunked path even where
+# the GPU is not full: on an H200 (2026-11-29) it was as fast or faster at T = 512 (16 tiles)
+# and 1.5-2.2x slower at T = 2048 (64 tiles).
+ONE_LAUNCH_MAX_TILES = 16
 
 
 def newton_launch_config(p: torch.Tensor, chunk_size, use_associative_scan) -> dict:
@@ -54,15 +65,23 @@ def newton_launch_config(p: torch.Tensor, chunk_size, use_associative_scan) -> d
     (``_*_newton_solve_kernel``); with several, each iteration is a chunked scan of up to three
     launches.  On GPU, one group is chosen when the (batch × unit-block) programs already
     cover the SMs, or when the sequence is short; ``chunk_size`` overrides the choice.
+    Elsewhere (the interpreter) the tiles are the 2×2-block scan's.
     """
     B, T, _, N = p.shape
-    # The fused kernels hold many more tiles in registers than a bare scan: use the smaller
-    # (2×2-block) tile shape for both cells.
     cfg = scan_launch_config(B, T, N, True, p.device, chunk_size, use_associative_scan)
-    if chunk_size is None and cfg["G"] > 1:
-        n_tiles = triton.cdiv(T, cfg["BT"])
-        if B * cfg["n_blocks"] >= num_sms(p.device) or n_tiles <= ONE_LAUNCH_MAX_TILES:
-            cfg = scan_launch_config(B, T, N, True, p.device, T, use_associative_scan)
+    if interpreting() or p.device.type != "cuda" or not cfg["USE_ASSOC"]:
+        return {**cfg, "I64": needs_int64(T, N)}
+
+    def tiled(tile: dict, rows: int | None) -> dict:
+        BT = min(tile["BT"], max(triton.next_power_of_2(max(T, 1)), 2))
+        split = split_time(B, T, N, BT, tile["BN"], p.device, rows, FUSED_PROGRAMS_PER_SM)
+        return {**cfg, **tile, "BT": BT, **split}
+
+    cfg = tiled(CHUNKED_TILE, chunk_size)
+    if chunk_size is None:
+        covered = B * cfg["n_blocks"] >= num_sms(p.device)
+        if covered or triton.cdiv(T, cfg["BT"]) <= ONE_LAUNCH_MAX_TILES:
+            cfg = tiled(ONE_LAUNCH_TILE, T)
     return {**cfg, "I64": needs_int64(T, N)}
 
 

@@ -493,6 +493,35 @@ def num_sms(device: torch.device) -> int:
     return 1
 
 
+# How many programs the time split aims for, per SM.  On an H200 (2026-11-29,
+# benchmarks/launch_configs.py) 16 per SM ran the scans 14-16 % faster than 4 at T = 2^17.
+SCAN_PROGRAMS_PER_SM = 16
+
+
+def split_time(
+    B: int, T: int, N: int, BT: int, BN: int, device: torch.device, chunk_size: int | None,
+    programs_per_sm: int,
+) -> dict:  # fmt: skip
+    """Rows per time group and the grid for tiles of BT rows × BN units.
+
+    ``chunk_size`` forces the rows per group (rounded up to BT).  Otherwise time is split
+    only as far as needed for ``programs_per_sm`` programs per SM: the reduce pass reads
+    (a, b) once whatever the number of groups, but a single group needs no reduce pass at all.
+    Under the interpreter there is one group (its cost is per op, not per element).
+    """
+    n_tiles = triton.cdiv(max(T, 1), BT)
+    n_blocks = triton.cdiv(N, BN)
+    if chunk_size is not None:
+        rows = triton.cdiv(chunk_size, BT) * BT
+    elif interpreting() or device.type != "cuda":
+        rows = n_tiles * BT
+    else:
+        target = programs_per_sm * num_sms(device)
+        groups = max(1, min(n_tiles, triton.cdiv(target, B * n_blocks)))
+        rows = triton.cdiv(n_tiles, groups) * BT
+    return dict(ROWS=rows, G=triton.cdiv(max(T, 1), rows), n_blocks=n_blocks)
+
+
 def scan_launch_config(
     B: int, T: int, N: int, block: bool, device: torch.device,
     chunk_size: int | None = None, use_associative_scan: bool | None = None,
@@ -512,30 +541,17 @@ def scan_launch_config(
     if interp:
         # Few, wide programs: the interpreter's cost is per op, not per element.
         BN = min(64, triton.next_power_of_2(max(N, 1)))
-        BT = 8 if use_assoc else 64
+        BT, num_warps = (8 if use_assoc else 64), 1
     elif use_assoc:
-        BN = 32 if block else 64
-        BT = 32 if block else 64
+        # Measured on an H200 (benchmarks/launch_configs.py, 2026-11-29, T = 2^17): 2×2
+        # blocks in 16-row tiles on two warps ran 2.1x faster than 32-row tiles on four.
+        BN, BT, num_warps = (32, 16, 2) if block else (64, 64, 4)
     else:
         # The doubling path materialises [BT, BT, BN] tiles: keep them small on GPU.
-        BN, BT = 32, 16
+        BN, BT, num_warps = 32, 16, 1
     BT = min(BT, max(triton.next_power_of_2(max(T, 1)), 1 if not use_assoc else 2))
-    n_blocks = triton.cdiv(N, BN)
-    n_tiles = triton.cdiv(max(T, 1), BT)
-    if chunk_size is not None:
-        rows = triton.cdiv(chunk_size, BT) * BT
-    elif interp:
-        rows = n_tiles * BT
-    else:
-        # Split time into groups only as far as needed to give every SM a few programs:
-        # each extra group costs one extra read of (a, b) in the reduce pass.
-        target = 4 * num_sms(device)
-        groups = max(1, min(n_tiles, triton.cdiv(target, B * n_blocks)))
-        rows = triton.cdiv(n_tiles, groups) * BT
-    groups = triton.cdiv(max(T, 1), rows)
-    num_warps = 4 if (use_assoc and not interp) else 1
-    return dict(BT=BT, BN=BN, ROWS=rows, G=groups, n_blocks=n_blocks, USE_ASSOC=use_assoc,
-                num_warps=num_warps)  # fmt: skip
+    split = split_time(B, T, N, BT, BN, device, chunk_size, SCAN_PROGRAMS_PER_SM)
+    return dict(BT=BT, BN=BN, USE_ASSOC=use_assoc, num_warps=num_warps, **split)
 
 
 def scan_triton_raw(

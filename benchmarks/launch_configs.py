@@ -46,32 +46,24 @@ def launch_config(module, name: str, **override):
     applied: BT, BN and num_warps as given, the unit blocks and the time split recomputed.
     ``programs_per_sm`` sets how many programs the time split aims for; ``one_launch`` keeps
     time in a single group (the fused kernels' one-launch solve)."""
-    import triton
-
-    from paralab.kernels.scan.triton import num_sms
+    from paralab.kernels.newton.common import FUSED_PROGRAMS_PER_SM
+    from paralab.kernels.scan.triton import SCAN_PROGRAMS_PER_SM, split_time
 
     original = getattr(module, name)
+    fused = name == "newton_launch_config"
 
     def patched(*args, **kwargs):
         cfg = dict(original(*args, **kwargs))
-        p_or_b = args[0]
-        if name == "newton_launch_config":
-            B, T, _, N = p_or_b.shape
-            device = p_or_b.device
+        if fused:
+            (B, T, _, N), device = args[0].shape, args[0].device
         else:
             B, T, N, device = args[0], args[1], args[2], args[4]
         BT, BN = override.get("BT", cfg["BT"]), override.get("BN", cfg["BN"])
-        n_tiles = triton.cdiv(max(T, 1), BT)
-        if override.get("one_launch"):
-            groups = 1
-        else:
-            target = override.get("programs_per_sm", 4) * num_sms(device)
-            groups = max(1, min(n_tiles, triton.cdiv(target, B * triton.cdiv(N, BN))))
-        rows = triton.cdiv(n_tiles, groups) * BT
-        cfg.update(
-            BT=BT, BN=BN, n_blocks=triton.cdiv(N, BN), ROWS=rows, G=triton.cdiv(max(T, 1), rows),
-            num_warps=override.get("num_warps", cfg["num_warps"]),
-        )  # fmt: skip
+        per_sm = FUSED_PROGRAMS_PER_SM if fused else SCAN_PROGRAMS_PER_SM
+        per_sm = override.get("programs_per_sm", per_sm)
+        rows = T if override.get("one_launch") else None
+        cfg.update(BT=BT, BN=BN, num_warps=override.get("num_warps", cfg["num_warps"]),
+                   **split_time(B, T, N, BT, BN, device, rows, per_sm))  # fmt: skip
         return cfg
 
     setattr(module, name, patched)
@@ -81,13 +73,15 @@ def launch_config(module, name: str, **override):
         setattr(module, name, original)
 
 
-# (BT, BN, num_warps) for the one-launch fused solve; the first is the default at the time of
-# writing.  BT sets the serial walk's length (T / BT tiles per iteration), BN the programs.
+# (BT, BN, num_warps) for the one-launch fused solve.  BT sets the serial walk's length
+# (T / BT tiles per iteration), BN the number of programs.  The first was the default when
+# the sweep of 2026-11-29 ran on an H200; (32, 16, 4) is the one it chose.
 FUSED_CONFIGS = [
     (32, 32, 4), (64, 32, 4), (128, 32, 4), (32, 16, 4), (64, 16, 4), (128, 16, 4),
     (32, 16, 2), (64, 16, 2), (128, 16, 8), (64, 8, 2), (128, 8, 4), (32, 32, 1), (64, 32, 8),
 ]  # fmt: skip
-# (BT, BN, num_warps, programs_per_sm) for the bare scans.
+# (BT, BN, num_warps, programs_per_sm) for the bare scans; the first of each kind was the
+# default before the sweep of 2026-11-29, which chose (64, 64, 4, 16) and (16, 32, 2, 16).
 SCAN_CONFIGS = {
     False: [(64, 64, 4, 4), (64, 64, 4, 16), (64, 64, 4, 64), (128, 64, 4, 16),
             (128, 128, 8, 16), (64, 128, 4, 16), (32, 64, 4, 16), (128, 64, 8, 64)],

@@ -63,3 +63,24 @@ def test_kernel_benchmark_keeps_its_results_when_killed(tmp_path):
     assert saved["info"]["killed_by_signal"] == signal.SIGTERM
     assert saved["records"] and saved["records"][0]["section"] == "correctness"
     assert "## Correctness" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_launch_config_sweep_smoke(tmp_path):
+    """benchmarks/launch_configs.py: every tile shape it tries runs and matches the default."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    script = ROOT / "benchmarks" / "launch_configs.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert not [r for r in records if "error" in r or "skipped" in r], records
+    assert {r["section"] for r in records} == {"fused", "sequential", "scan"}
+    assert {(r["BT"], r["BN"]) for r in records if r["section"] == "fused"} == {(8, 8), (16, 4)}
+    # Another tile shape reorders fp32 sums, nothing more.
+    assert all(r["rel_vs_default"] < 1e-5 for r in records if "rel_vs_default" in r)
+    assert all(r["fwd_ms"] > 0 for r in records)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Fused Newton solve" in md and "## Scans" in md

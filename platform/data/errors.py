@@ -10,3 +10,9 @@ class DataError(ValueError):
     e.g. ``data.path='corpus/*.txt' matches no files; check the pattern``. The CLI prints
     it as is, without a traceback.
     """
+
+
+class DamagedCopy(DataError):
+    """A shared (S3) copy of prepared data that is incomplete or fails its meta.json's sizes
+    and hashes.  A machine that can tokenize the source sets it aside and rebuilds it; one
+    that cannot (a training worker) stops with this message."""

@@ -10,15 +10,19 @@ run's `storage.endpoint_url` and `storage.region`), else env `AWS_ENDPOINT_URL_S
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from paralab.platform.errors import first_line
 
-from .errors import DataError
+from .errors import DamagedCopy, DataError
 
 SHARDS = ("train.bin", "val.bin")
+REBUILD_HINT = ("preparing the data again (`paralab run` and `paralab sweep` do, before any "
+                "worker starts) sets it aside and rebuilds it")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -102,11 +106,32 @@ class S3Mirror:
             return self.client.head_object(Bucket=self.bucket, Key=self._object(key, name))["ContentLength"]
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise DataError(
+                raise DamagedCopy(
                     f"data.cache_dir={self.uri!r}: the copy of {key!r} there is incomplete ({name} "
-                    "is missing under its meta.json); delete that prefix so it is rebuilt"
+                    f"is missing under its meta.json); {REBUILD_HINT}"
                 ) from None
             raise
+
+    def set_aside(self, key: str) -> str:
+        """Move entry `key` to `<key>.damaged-<UTC time>` under the same prefix and return that
+        URI: its `meta.json` goes first, so no reader takes what is left for a complete entry.
+        Nothing is deleted before its copy exists."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = f"{key}.damaged-{stamp}-{uuid.uuid4().hex[:6]}"
+        try:
+            listed = self.client.list_objects_v2(Bucket=self.bucket,
+                                                 Prefix=self._object(key, "") + "/")
+            names = [o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])]
+            names.sort(key=lambda name: name != "meta.json")
+            for name in names:
+                # The managed copy: multipart past 5 GiB, where a single CopyObject stops.
+                self.client.copy({"Bucket": self.bucket, "Key": self._object(key, name)},
+                                 self.bucket, self._object(aside, name))
+            for name in names:
+                self.client.delete_object(Bucket=self.bucket, Key=self._object(key, name))
+        except Exception as e:
+            raise self._error(e) from e
+        return f"s3://{self.bucket}/{self._object(aside, '')}/"
 
     def _error(self, e: BaseException) -> DataError:
         return DataError(

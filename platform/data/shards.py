@@ -27,6 +27,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -41,9 +42,11 @@ from paralab.platform.config.schema import DataConfig, project_dir
 
 from .batches import Batch, TokenBatches, val_batches
 from .corpora import Corpus, open_corpus, sha256_file
-from .errors import DataError
-from .s3 import S3Mirror
+from .errors import DamagedCopy, DataError
+from .s3 import REBUILD_HINT, S3Mirror
 from .tokenizers import Tokenizer, document_separator, load_tokenizer, token_dtype_for
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 """Bump when the on-disk layout or the tokenization procedure changes; it is part of the key."""
@@ -332,16 +335,16 @@ def _cached(cfg: DataConfig, key: str, cache_root: str | os.PathLike[str] | None
         if data is None:
             for debris in local_root.glob(f".{key}.*-*"):  # left by crashed writers
                 shutil.rmtree(debris, ignore_errors=True)
-            if mirror is not None and mirror.has(key):
-                _write_atomically(final, lambda folder: _download(mirror, key, folder, on_bytes))
-            elif build is not None:
+            fetched = mirror is not None and mirror.has(key) and _fetch(
+                mirror, key, final, on_bytes, rebuild=build is not None)
+            if not fetched:
+                if build is None:
+                    where = f"{final}" + (f" or {mirror.uri}/{key}" if mirror else "")
+                    raise DataError(
+                        f"prepared data {key!r} is not in {where}; run prepare() first (the "
+                        "driver does), or share data.cache_dir (e.g. an s3:// URI) between machines"
+                    )
                 _write_atomically(final, build)
-            else:
-                where = f"{final}" + (f" or {mirror.uri}/{key}" if mirror else "")
-                raise DataError(
-                    f"prepared data {key!r} is not in {where}; run prepare() first (the driver "
-                    "does), or share data.cache_dir (e.g. an s3:// URI) between machines"
-                )
             data = _open_entry(final, key)
             if data is None:
                 raise DataError(f"prepared data in {final} does not match its meta.json; remove it")
@@ -394,14 +397,29 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _fetch(mirror: S3Mirror, key: str, final: Path,
+           on_bytes: Callable[[str, int, int], None] | None, *, rebuild: bool) -> bool:
+    """Download entry `key` into `final`.  A damaged copy raises, unless the caller can
+    ``rebuild`` it: then it is set aside (kept, under another name) and False returned."""
+    try:
+        _write_atomically(final, lambda folder: _download(mirror, key, folder, on_bytes))
+        return True
+    except DamagedCopy as err:
+        if not rebuild:
+            raise
+        aside = mirror.set_aside(key)
+        log.warning("%s: moved it to %s; rebuilding it from the source", err, aside)
+        return False
+
+
 def _download(mirror: S3Mirror, key: str, folder: Path,
               on_bytes: Callable[[str, int, int], None] | None) -> None:
     mirror.download(key, folder, on_bytes)
     data = _open_entry(folder, key)
     if data is None or not data.verify():
-        raise DataError(
+        raise DamagedCopy(
             f"data.cache_dir={mirror.uri!r}: the copy of {key!r} there is corrupt (size or content "
-            "hash differs from its meta.json); delete that prefix so it is rebuilt"
+            f"hash differs from its meta.json); {REBUILD_HINT}"
         )
 
 

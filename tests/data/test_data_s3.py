@@ -1,4 +1,5 @@
-"""The s3:// cache: upload after preparing, download on another machine, refuse a corrupt copy.
+"""The s3:// cache: upload after preparing, download on another machine, refuse a corrupt copy
+on a worker and rebuild it (keeping the damaged one) where the source is at hand.
 
 S3 is moto's in-process mock; the real SeaweedFS server is exercised by the `s3`-marked tests
 of the platform.
@@ -74,7 +75,8 @@ def test_corrupt_copy_is_refused(bucket, cfg, tmp_path, monkeypatch):
     flipped[0] ^= 1
     bucket.put_object(Bucket="paralab", Key=f"data/{built.key}/val.bin", Body=flipped.tobytes())
     monkeypatch.setattr(shards, "_build", _no_build)
-    with pytest.raises(DataError, match=r"data.cache_dir='s3://paralab/data/'.*corrupt"):
+    with pytest.raises(DataError, match=r"data.cache_dir='s3://paralab/data/'.*corrupt .*; "
+                                        r"preparing the data again"):
         load_prepared(cfg, built.key, tmp_path / "machine-b")
     assert not (tmp_path / "machine-b" / built.key).exists()
 
@@ -85,8 +87,47 @@ def test_incomplete_copy_is_refused_by_what_is_missing(bucket, cfg, tmp_path, mo
     bucket.delete_object(Bucket="paralab", Key=f"data/{built.key}/val.bin")
     monkeypatch.setattr(shards, "_build", _no_build)
     with pytest.raises(DataError, match=r"the copy of .* there is incomplete \(val.bin is missing "
-                                        r"under its meta.json\); delete that prefix so it is rebuilt"):
+                                        r"under its meta.json\); preparing the data again .* sets it aside "
+                                        r"and rebuilds it"):
         load_prepared(cfg, built.key, tmp_path / "machine-b")
+
+
+def _objects(bucket, prefix: str) -> dict[str, bytes]:
+    listed = bucket.list_objects_v2(Bucket="paralab", Prefix=prefix).get("Contents", [])
+    return {o["Key"]: bucket.get_object(Bucket="paralab", Key=o["Key"])["Body"].read()
+            for o in listed}
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "incomplete"])
+def test_prepare_sets_a_damaged_copy_aside_and_rebuilds_it(bucket, cfg, tmp_path, monkeypatch,
+                                                           caplog, damage):
+    built = prepare(cfg, tmp_path / "machine-a")
+    key = built.key
+    if damage == "corrupt":
+        flipped = np.asarray(built.val).copy()
+        flipped[0] ^= 1
+        bucket.put_object(Bucket="paralab", Key=f"data/{key}/val.bin", Body=flipped.tobytes())
+    else:
+        bucket.delete_object(Bucket="paralab", Key=f"data/{key}/val.bin")
+    damaged = _objects(bucket, f"data/{key}/")
+
+    rebuilt = prepare(cfg, tmp_path / "machine-b")  # the driver: it has the source
+    assert np.array_equal(rebuilt.train, built.train) and np.array_equal(rebuilt.val, built.val)
+    warning = [r.getMessage() for r in caplog.records if "rebuilding it from the source" in r.message]
+    assert len(warning) == 1 and damage in warning[0]
+
+    # The damaged objects are kept, byte for byte, under one new name beside the entry ...
+    aside = {k: v for k, v in _objects(bucket, "data/").items() if ".damaged-" in k}
+    folders = {k.split("/")[1] for k in aside}
+    assert len(folders) == 1 and next(iter(folders)).startswith(f"{key}.damaged-")
+    assert warning[0].endswith(f"moved it to s3://paralab/data/{next(iter(folders))}/; rebuilding it "
+                               "from the source")
+    assert {k.rsplit("/", 1)[1]: v for k, v in aside.items()} == {
+        k.rsplit("/", 1)[1]: v for k, v in damaged.items()}
+    # ... and the entry itself is whole again: a worker downloads it without tokenizing.
+    monkeypatch.setattr(shards, "_build", _no_build)
+    fetched = load_prepared(cfg, key, tmp_path / "machine-c")
+    assert np.array_equal(fetched.val, built.val)
 
 
 def test_missing_entry_and_bucket(bucket, cfg, tmp_path):
@@ -125,3 +166,23 @@ def test_parse_s3_uri():
     assert parse_s3_uri("s3://bucket") == ("bucket", "")
     with pytest.raises(DataError, match="has no bucket"):
         parse_s3_uri("s3:///prefix")
+
+
+@pytest.mark.s3
+def test_a_damaged_copy_is_set_aside_on_a_real_server(seaweedfs, tmp_path):
+    """The set-aside's copies and deletes against SeaweedFS (signatures checked), not moto."""
+    cfg = DataConfig(source="bible", max_tokens=20_000, seq_len=16,
+                     cache_dir=f"s3://{seaweedfs.bucket}/data-aside")
+    client = seaweedfs.client()
+    built = prepare(cfg, tmp_path / "machine-a", endpoint_url=seaweedfs.endpoint_url,
+                    region=seaweedfs.region)
+    client.delete_object(Bucket=seaweedfs.bucket, Key=f"data-aside/{built.key}/val.bin")
+    rebuilt = prepare(cfg, tmp_path / "machine-b", endpoint_url=seaweedfs.endpoint_url,
+                      region=seaweedfs.region)
+    assert np.array_equal(rebuilt.val, built.val)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(
+        Bucket=seaweedfs.bucket, Prefix="data-aside/")["Contents"])
+    aside = [k for k in keys if ".damaged-" in k]
+    assert [k.rsplit("/", 1)[1] for k in aside] == ["meta.json", "train.bin"]
+    assert [k for k in keys if ".damaged-" not in k] == [
+        f"data-aside/{built.key}/{name}" for name in ("meta.json", "train.bin", "val.bin")]

@@ -182,7 +182,11 @@ class SeaweedFS(ManagedProcess):
         """Start the server and wait until S3 answers; create ``buckets``. Returns self."""
         if self.running:
             return self
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.exists():
+            # The objects are the runs' checkpoints and data: the owner's alone, as under
+            # ~/.aws.  (A folder that already exists keeps its mode.)
+            self.data_dir.mkdir(mode=0o700, parents=True)
+        (self.data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         for attempt in range(3):
             if self.ports is None or (attempt > 0 and not self.ports.all_free()):
                 self.ports = SeaweedPorts.pick()

@@ -56,3 +56,13 @@ def test_data_survives_restart(tmp_path, seaweedfs):
 
     # Its own logs stay with its data: nothing is left in the temp dir per start.
     assert any((tmp_path / "s3" / "logs").glob("weed.*.log.INFO.*"))
+
+
+def test_the_data_folder_is_the_owners_alone(seaweedfs):
+    """Checkpoints and data sit in the server's folder as plain files: other local users must
+    not read them past the S3 credentials."""
+    import stat
+
+    data_dir = seaweedfs.server.data_dir
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "logs").stat().st_mode) == 0o700

@@ -105,6 +105,12 @@ def _tags(cfg: ExperimentConfig, identity: str) -> dict[str, str]:
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 DASHBOARD_PORT = 8265
+# Ray Train gives a worker group RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) to be placed,
+# then tries again, forever by default: right for a cluster that autoscales, but on one
+# machine, whose size is checked before the run, a group that cannot be placed means
+# something else holds the CPUs, and waiting would never end.
+LOCAL_PLACEMENT_TRIES = 3
+START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def init_ray(resources: dict[str, float] | None = None) -> str | None:
@@ -333,7 +339,10 @@ def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_k
         ),
         run_config=ray.train.RunConfig(
             name=plan.run_name, storage_path=plan.root, storage_filesystem=plan.fs,
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=tc.max_failures,
+                controller_failure_limit=-1 if os.environ.get("RAY_ADDRESS") else LOCAL_PLACEMENT_TRIES - 1,
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             callbacks=callbacks,
         ),
@@ -448,6 +457,8 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
         raise
     except ray.train.TrainingFailedError as err:
         tracker.finish("FAILED")
+        if unplaced(err):
+            raise TrainingFailed(unplaced_message(cfg, summary.storage_path)) from err
         cause = str(err).strip().splitlines()
         raise TrainingFailed(
             f"training failed ({cause[-1] if cause else type(err).__name__}); its checkpoints "
@@ -463,6 +474,26 @@ def _train(cfg: ExperimentConfig, plan: RunPlan, data_key: str, restart: bool,
             watcher.join(timeout=5)
     summary.status = "FINISHED"
     return summary
+
+
+def unplaced(err: BaseException) -> bool:
+    """Whether Ray Train gave up on placing the worker group (its tries all timed out)."""
+    cause = getattr(err, "controller_failure", None)
+    return type(cause).__name__ == "WorkerGroupStartupTimeoutError"
+
+
+def unplaced_message(cfg: ExperimentConfig, storage_path: str) -> str:
+    tc = cfg.train
+    each = f"{tc.cpus_per_worker:g} CPU" + (" and 1 GPU" if tc.use_gpu else "")
+    waited = LOCAL_PLACEMENT_TRIES * float(os.environ.get(START_TIMEOUT, 60))
+    dashboard = os.environ.get(API_SERVER_ADDRESS)
+    return (
+        f"Ray could not place the {tc.workers} training worker(s) ({each} each) on this "
+        f"machine's cluster in {waited:g} s: something else holds its resources"
+        + (f" (see the Ray dashboard at {dashboard})" if dashboard else "")
+        + "; stop it, or lower train.workers, then run the same command again (checkpoints "
+        f"so far are kept under {storage_path})"
+    )
 
 
 def raise_if_diverged(tracker: Tracker, plan: RunPlan) -> None:

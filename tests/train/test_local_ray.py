@@ -123,3 +123,49 @@ def test_the_state_api_inside_the_cluster_asks_its_own_cluster(tmp_path):
     proc = subprocess.run([sys.executable, "-c", TWO_CLUSTERS, OTHER], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert "STATE ALIVE" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+BLOCKED = textwrap.dedent("""
+    import sys
+    import ray
+    from ray.util.placement_group import placement_group
+    from paralab.platform import cli
+    from paralab.platform.train import launch
+
+    started = launch.init_ray
+
+    def init_ray_then_take_every_cpu(*args, **kwargs):
+        dashboard = started(*args, **kwargs)
+        # Something else on this cluster holds every CPU: the run's workers never fit.
+        group = placement_group([{"CPU": ray.cluster_resources()["CPU"]}])
+        ray.get(group.ready(), timeout=60)
+        return dashboard
+
+    launch.init_ray = init_ray_then_take_every_cpu
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def test_workers_that_cannot_be_placed_fail_the_run_in_one_line(tmp_path):
+    """On one machine Ray Train would wait forever for CPUs that something else holds; the run
+    stops after a few placement tries and says why, and its MLflow run is marked failed."""
+    from paralab_testing import QUICKSTART, mlflow_at, paralab_env, runs_of
+
+    home = tmp_path / "home"
+    tiny = ["name=unplaced", "model.d_model=16", "model.n_layers=1", "model.heads=2",
+            "data.seq_len=16", "data.max_tokens=20000", "train.steps=2", "train.batch_size=4",
+            "train.workers=2", "train.cpus_per_worker=0.5"]
+    env = paralab_env(home, {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "2"})
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, "run", str(QUICKSTART), *tiny],
+                          cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, proc.stderr[-3000:]
+    assert error[0].startswith(
+        "error: Ray could not place the 2 training worker(s) (0.5 CPU each) on this machine's "
+        "cluster in 6 s: something else holds its resources (see the Ray dashboard at "
+        "http://127.0.0.1:"
+    ), error[0]
+    assert "Traceback" not in proc.stderr
+    (run,) = runs_of(mlflow_at(home), "unplaced")
+    assert run.info.status == "FAILED"

@@ -6,10 +6,14 @@ in it. The process that trains a run holds a lease file in the run folder and re
 it trains; a second process that finds a live lease stops (or, in a sweep, waits) instead.
 
 The lease needs nothing but the run's storage, so it works across machines and on any S3
-endpoint. Plain object stores have no compare-and-set, so acquiring writes the lease, waits a
-moment and reads it back: of two processes that start within that moment, the later writer
-keeps it. A process killed without releasing its lease blocks the folder until the lease
-expires (``TTL_S`` after its last renewal), or at once when it ran on this machine.
+endpoint. On S3 every write of the lease is conditional (``If-None-Match: *`` to create it,
+``If-Match: <ETag last seen>`` to take over or renew it; AWS, MinIO and SeaweedFS honour
+both), so of two processes that read the same state only one writes. On a local folder, or a
+server that refuses conditional writes, acquiring writes the lease, waits a moment and reads
+it back: of two processes that start within that moment, the later writer keeps it. Both ways
+read the lease back once written, which also catches a server that ignores the conditions.
+A process killed without releasing its lease blocks the folder until the lease expires
+(``TTL_S`` after its last renewal), or at once when it ran on this machine.
 
 A holder that finds the lease taken, or cannot renew it for nearly ``TTL_S``, has lost it:
 :attr:`RunLease.lost` says why, and the trainer's checkpoint path (:func:`check_held`) stops
@@ -27,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import pyarrow.fs as pafs
 
@@ -81,7 +86,89 @@ class Holder:
         return f"pid {self.pid} on {self.host} (lease renewed {self.age(now):.0f} s ago)"
 
 
+class ConditionalObject(Protocol):
+    """One object that is written only if it is as the writer last saw it."""
+
+    def read(self) -> tuple[bytes | None, str | None, float | None]:
+        """(body, version, last-modified Unix time); (None, None, None) when absent."""
+
+    def put(self, data: bytes, expect: str | None) -> str | None:
+        """Write ``data`` if the object is at version ``expect`` (absent, for None); return
+        the new version, or None when it is not.  Raise :class:`ConditionalWritesUnsupported`
+        where the store refuses conditions, and ``OSError`` when it cannot be reached."""
+
+
+class ConditionalWritesUnsupported(RuntimeError):
+    """The store refuses conditional writes: the lease falls back to write, settle, read."""
+
+
+class S3Object:
+    """A :class:`ConditionalObject` on S3: the version is the ETag."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+
+    def read(self) -> tuple[bytes | None, str | None, float | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            return got["Body"].read(), got["ETag"], got["LastModified"].timestamp()
+        except ClientError as err:
+            if _status(err) == 404 or _code(err) in ("NoSuchKey", "NotFound"):
+                return None, None, None
+            raise OSError(f"reading s3://{self.bucket}/{self.key}: {_code(err)}") from err
+        except BotoCoreError as err:
+            raise OSError(f"reading s3://{self.bucket}/{self.key}: {err}") from err
+
+    def put(self, data: bytes, expect: str | None) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data,
+                                          **condition)["ETag"]
+        except ClientError as err:
+            # 409: another conditional write to the key is in flight (AWS); it may win.
+            if _status(err) in (412, 409) or _code(err) in ("PreconditionFailed",
+                                                             "ConditionalRequestConflict"):
+                return None
+            if _status(err) == 501 or _code(err) == "NotImplemented":
+                raise ConditionalWritesUnsupported(_code(err)) from err
+            raise OSError(f"writing s3://{self.bucket}/{self.key}: {_code(err)}") from err
+        except BotoCoreError as err:
+            raise OSError(f"writing s3://{self.bucket}/{self.key}: {err}") from err
+
+
+def _code(err: Any) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _status(err: Any) -> int:
+    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def conditional_object(storage: Any, run_path: str) -> ConditionalObject | None:
+    """The lease file of ``run_path`` (``bucket/prefix/run``) as an :class:`S3Object` when
+    ``storage`` is on S3; None for local storage."""
+    from paralab.platform.storage.backends import S3Storage
+
+    if not isinstance(storage, S3Storage):
+        return None
+    bucket, _, key = run_path.strip("/").partition("/")
+    return S3Object(storage.client, bucket, f"{key}/{LEASE_FILE}")
+
+
 READ_TRIES = 3
+
+
+def parse_holder(text: bytes, written: float | None) -> Holder:
+    """The holder a lease file names; an unreadable one is held by nobody in particular,
+    renewed when it was ``written`` (see :func:`read_holder`)."""
+    try:
+        return Holder.parse(text)
+    except (ValueError, TypeError, KeyError):
+        return Holder(owner="", host="", pid=-1, renewed=written or time.time())
 
 
 def read_holder(fs: pafs.FileSystem, path: str) -> Holder | None:
@@ -125,8 +212,12 @@ class RunLease:
 
     def __init__(self, fs: pafs.FileSystem, run_path: str, *, ttl: float = TTL_S,
                  renew_every: float = RENEW_S, settle: float = SETTLE_S,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 conditional: ConditionalObject | None = None) -> None:
         self.fs = fs
+        self.conditional = conditional
+        """The lease file as an object written only if unchanged (S3), else None."""
+        self._version: str | None = None
         self.run_path = run_path.rstrip("/")
         self.path = f"{self.run_path}/{LEASE_FILE}"
         self.ttl, self.renew_every, self.settle = ttl, renew_every, settle
@@ -140,10 +231,48 @@ class RunLease:
     def holder(self) -> Holder | None:
         return read_holder(self.fs, self.path)
 
-    def _write(self) -> None:
-        """Write the lease whole, so a reader never sees half of it."""
+    def _record(self) -> bytes:
         record = Holder(self.owner, socket.gethostname(), os.getpid(), time.time(), pid_namespace())
-        write_whole(self.fs, self.path, json.dumps(asdict(record)).encode())
+        return json.dumps(asdict(record)).encode()
+
+    def _write(self) -> None:
+        """Write the lease whole, so a reader never sees half of it; on S3 only if it is as
+        this lease last wrote it (raise :class:`LeaseLost` if not)."""
+        if self.conditional is None:
+            write_whole(self.fs, self.path, self._record())
+            return
+        try:
+            version = self.conditional.put(self._record(), self._version)
+        except ConditionalWritesUnsupported:
+            self._unsupported()
+            return self._write()
+        if version is None:
+            holder = self.holder()
+            who = "nobody" if holder is None else holder.describe(time.time())
+            raise LeaseLost(f"the lease on {self.run_path} was taken by {who}")
+        self._version = version
+
+    def _unsupported(self) -> None:
+        log.warning("the storage of %s refuses conditional writes; the lease falls back to "
+                    "write, wait and read back", self.run_path)
+        self.conditional = None
+
+    def _try_take(self) -> tuple[bool, Holder | None]:
+        """One conditional attempt: write the lease if it is free or stale as just read.
+        Returns (taken, the live holder that keeps it when not taken, if any)."""
+        body, version, written = self.conditional.read()
+        holder = None if body is None else parse_holder(body, written)
+        if holder is not None and holder.owner != self.owner and holder.alive(time.time(), self.ttl):
+            return False, holder
+        mine = self.conditional.put(self._record(), version)
+        if mine is not None:
+            time.sleep(self.settle)
+            body, version, written = self.conditional.read()  # a server may ignore conditions
+            if body is not None and parse_holder(body, written).owner == self.owner:
+                self._version = version
+                return True, None
+        # Another process wrote between our read and our write: it keeps the lease.
+        return False, self._other()
 
     def _other(self) -> Holder | None:
         """A live holder that is not this lease, else None."""
@@ -157,13 +286,24 @@ class RunLease:
         process holds it, or with ``wait=True`` poll until it is released or expires."""
         self.fs.create_dir(self.run_path, recursive=True)
         while True:
-            other = self._other()
-            if other is None:
-                self._write()
-                time.sleep(self.settle)
-                other = self._other()  # a process that wrote just after us keeps it
-                if other is None:
+            if self.conditional is not None:
+                try:
+                    taken, other = self._try_take()
+                except ConditionalWritesUnsupported:
+                    self._unsupported()
+                    continue
+                if taken:
                     break
+                if other is None:  # the writer that beat us is gone already: try again
+                    continue
+            else:
+                other = self._other()
+                if other is None:
+                    write_whole(self.fs, self.path, self._record())
+                    time.sleep(self.settle)
+                    other = self._other()  # a process that wrote just after us keeps it
+                    if other is None:
+                        break
             if not wait:
                 raise LeaseHeld(
                     f"run folder {self.run_path} is being trained by another process: "
@@ -187,6 +327,9 @@ class RunLease:
                     return
                 self._write()
                 renewed = time.monotonic()
+            except LeaseLost as err:
+                self._lose(str(err))
+                return
             except OSError as err:  # storage briefly unreachable: try again next period
                 log.warning("could not renew the lease on %s: %s", self.run_path, err)
                 unrenewed = time.monotonic() - renewed

@@ -23,7 +23,7 @@ from paralab.platform.config.load import to_dict, to_yaml
 from paralab.platform.config.schema import ExperimentConfig
 from paralab.platform.identity import code_version, git_commit, package_version, run_identity
 from paralab.platform.services.process import ephemeral_port, port_is_free
-from paralab.platform.storage.lease import LeaseHeld, RunLease
+from paralab.platform.storage.lease import LeaseHeld, RunLease, conditional_object
 from paralab.platform.tracking.mlflow import DIVERGED_TAG, Tracker, flatten
 from paralab.platform.tracking.uris import without_password
 from paralab.platform.train import checkpoint as ckpt
@@ -407,7 +407,8 @@ def hold(plan: RunPlan, *, wait: bool = False) -> RunLease:
     """The run folder's lease, taken: no second process trains this run while it is held.
     Its owner id goes to the workers, which stop before a checkpoint once it is lost."""
     try:
-        return RunLease(plan.fs, plan.run_path).acquire(wait=wait)
+        conditional = conditional_object(plan.storage, plan.run_path)
+        return RunLease(plan.fs, plan.run_path, conditional=conditional).acquire(wait=wait)
     except LeaseHeld as err:
         raise LaunchError(str(err)) from None
 

@@ -1,5 +1,5 @@
 """The run-folder lease: one trainer per run, a stale lease taken over, a close race lost by
-one side only."""
+one side only; on S3, conditional writes close the race outright."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import pytest
 
 from paralab.platform.storage.lease import (
     LEASE_FILE,
+    ConditionalWritesUnsupported,
     LeaseHeld,
     LeaseLost,
     RunLease,
+    S3Object,
     check_held,
+    conditional_object,
 )
 
 
@@ -191,3 +194,123 @@ def test_lease_on_a_real_s3_server(seaweedfs):
     assert fs.get_file_info(f"{run_path}/{LEASE_FILE}").type == pafs.FileType.NotFound
     with pytest.raises(LeaseLost):
         check_held(fs, run_path, lease.owner)
+
+
+class _Refusing:
+    """A store that refuses conditional writes (501 NotImplemented)."""
+
+    def read(self):
+        return None, None, None
+
+    def put(self, data, expect):
+        raise ConditionalWritesUnsupported("NotImplemented")
+
+
+def test_a_store_that_refuses_conditions_falls_back_to_write_and_read_back(folder, caplog):
+    fs, run_path = folder
+    with RunLease(fs, run_path, settle=0.0, conditional=_Refusing()).acquire() as lease:
+        assert lease.conditional is None and lease.holder().owner == lease.owner
+        with pytest.raises(LeaseHeld):
+            RunLease(fs, run_path, settle=0.0, conditional=_Refusing()).acquire()
+    assert "refuses conditional writes" in caplog.text
+
+
+def test_s3_answers_map_to_taken_unsupported_or_unreachable():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    class Client:
+        def __init__(self, error):
+            self.error = error
+
+        def put_object(self, **kwargs):
+            raise self.error
+
+    def answer(status, code):
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "PutObject")
+
+    assert S3Object(Client(answer(412, "PreconditionFailed")), "b", "k").put(b"x", None) is None
+    assert S3Object(Client(answer(409, "ConditionalRequestConflict")), "b", "k").put(b"x", "e") is None
+    with pytest.raises(ConditionalWritesUnsupported):
+        S3Object(Client(answer(501, "NotImplemented")), "b", "k").put(b"x", None)
+    with pytest.raises(OSError, match="AccessDenied"):
+        S3Object(Client(answer(403, "AccessDenied")), "b", "k").put(b"x", None)
+    with pytest.raises(OSError):  # the renewal retries these; it must not die of them
+        S3Object(Client(EndpointConnectionError(endpoint_url="http://x")), "b", "k").put(b"x", None)
+
+
+@pytest.fixture
+def s3_leases(seaweedfs):
+    """(make a conditional lease on one S3 run folder, its pyarrow fs, the run path, client)."""
+    from paralab.platform.storage import Storage
+
+    storage = Storage.from_config(seaweedfs.storage_config(f"lease-{time.time_ns()}"))
+    root, fs = storage.ray_storage()
+    run_path = f"{root}/run-0123456789ab"
+
+    def make(**kwargs):
+        conditional = conditional_object(storage, run_path)
+        assert conditional is not None
+        return RunLease(fs, run_path, conditional=conditional, **{"settle": 0.0, **kwargs})
+
+    return make, fs, run_path, storage.client
+
+
+def _beaten_after_reading(lease, rival):
+    """Make ``rival`` take the lease right after ``lease`` first reads it."""
+    read = lease.conditional.read
+    done = []
+
+    def read_then_let_the_rival_in():
+        got = read()
+        if not done:
+            done.append(rival.acquire())
+        return got
+
+    lease.conditional.read = read_then_let_the_rival_in
+    return done
+
+
+@pytest.mark.s3
+def test_conditional_lease_on_a_real_s3_server(s3_leases):
+    make, fs, run_path, _ = s3_leases
+    with make().acquire() as lease:
+        assert lease.conditional is not None, "SeaweedFS honours conditional writes"
+        with pytest.raises(LeaseHeld):
+            make().acquire()
+        check_held(fs, run_path, lease.owner)
+    assert fs.get_file_info(f"{run_path}/{LEASE_FILE}").type == pafs.FileType.NotFound
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
+def test_of_two_that_read_the_same_state_only_one_writes(s3_leases, stale):
+    """The race that waiting and reading back narrows but cannot close: the loser read the
+    lease free (or stale) just before the winner wrote it, and its write is refused."""
+    make, fs, run_path, _ = s3_leases
+    if stale:
+        place(fs, run_path, host="another-host", pid=1, age=600)
+    winner, loser = make(), make()
+    beaten = _beaten_after_reading(loser, winner)
+    with pytest.raises(LeaseHeld, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        loser.acquire()
+    assert beaten and winner.holder().owner == winner.owner, "the winner's lease stands"
+    winner.release()
+
+
+@pytest.mark.s3
+def test_a_renewal_never_overwrites_a_lease_changed_since(s3_leases):
+    make, fs, run_path, client = s3_leases
+    lost = []
+    lease = make(renew_every=0.05, on_lost=lost.append).acquire()
+    bucket, _, key = run_path.partition("/")
+    # Another writer's record under this lease's own owner id: the holder looks the same, so
+    # only the condition on the version can tell that the lease changed.
+    record = json.loads(client.get_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}")["Body"].read())
+    record["host"] = "another-host"
+    client.put_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}", Body=json.dumps(record).encode())
+    deadline = time.monotonic() + 5
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lost and "was taken by" in lost[0] and "another-host" in lost[0]
+    lease.release()

@@ -157,9 +157,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             result = trainer.fit()
             launch.raise_if_diverged(tracker, plan)
             launch.finish_run(cfg, plan, tracker, result.checkpoint)
-        except BaseException:
+        except BaseException as err:
             # A trial that Tune stops (ASHA, time budget, Ctrl-C) dies here too; it did not fail.
             tracker.finish("KILLED" if stopping() else "FAILED")
+            if launch.unplaced(err):  # the sweep's table shows this line for the trial
+                raise launch.TrainingFailed(launch.unplaced_message(cfg, plan.storage_uri)) from err
             raise
 
 

@@ -341,7 +341,9 @@ def build_trainer(cfg: ExperimentConfig, plan: RunPlan, tracker: Tracker, data_k
             name=plan.run_name, storage_path=plan.root, storage_filesystem=plan.fs,
             failure_config=ray.train.FailureConfig(
                 max_failures=tc.max_failures,
-                controller_failure_limit=-1 if os.environ.get("RAY_ADDRESS") else LOCAL_PLACEMENT_TRIES - 1,
+                controller_failure_limit=(
+                    -1 if os.environ.get("RAY_ADDRESS") else LOCAL_PLACEMENT_TRIES - 1
+                ),
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             callbacks=callbacks,

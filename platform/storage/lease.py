@@ -247,7 +247,12 @@ class RunLease:
             self._unsupported()
             return self._write()
         if version is None:
-            holder = self.holder()
+            body, version, written = self.conditional.read()
+            holder = None if body is None else parse_holder(body, written)
+            if holder is not None and holder.owner == self.owner:
+                # Our own write, its answer lost and the retry refused: the lease is ours.
+                self._version = version
+                return
             who = "nobody" if holder is None else holder.describe(time.time())
             raise LeaseLost(f"the lease on {self.run_path} was taken by {who}")
         self._version = version

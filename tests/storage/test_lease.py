@@ -299,18 +299,45 @@ def test_of_two_that_read_the_same_state_only_one_writes(s3_leases, stale):
 
 
 @pytest.mark.s3
-def test_a_renewal_never_overwrites_a_lease_changed_since(s3_leases):
+def test_a_renewal_never_overwrites_a_lease_changed_since(s3_leases, monkeypatch):
+    """A rival writes between the renewal's read (still ours) and its write: only the
+    condition on the version can tell, and the renewal must not overwrite the rival."""
     make, fs, run_path, client = s3_leases
     lost = []
     lease = make(renew_every=0.05, on_lost=lost.append).acquire()
     bucket, _, key = run_path.partition("/")
-    # Another writer's record under this lease's own owner id: the holder looks the same, so
-    # only the condition on the version can tell that the lease changed.
-    record = json.loads(client.get_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}")["Body"].read())
-    record["host"] = "another-host"
-    client.put_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}", Body=json.dumps(record).encode())
+    rival = {"owner": "rival", "host": "another-host", "pid": 1, "renewed": time.time(),
+             "pid_namespace": ""}
+    read = lease.holder
+
+    def read_then_the_rival_writes():
+        holder = read()
+        client.put_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}", Body=json.dumps(rival).encode())
+        return holder
+
+    monkeypatch.setattr(lease, "holder", read_then_the_rival_writes)
     deadline = time.monotonic() + 5
     while not lost and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert lost and "was taken by" in lost[0] and "another-host" in lost[0]
+    assert lost and "was taken by pid 1 on another-host" in lost[0]
+    body = client.get_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}")["Body"].read()
+    assert json.loads(body)["owner"] == "rival", "the renewal did not overwrite the rival"
+    monkeypatch.setattr(lease, "holder", read)
+    lease.release()
+
+
+@pytest.mark.s3
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(s3_leases):
+    """botocore retries a PUT whose answer was lost; the retry's condition fails on our own
+    write. The lease is still ours, and renewing goes on."""
+    make, fs, run_path, client = s3_leases
+    lease = make(renew_every=60).acquire()
+    bucket, _, key = run_path.partition("/")
+    stale = lease._version
+    # The renewal's write lands, its answer is lost: the lease keeps the version before it.
+    client.put_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}", Body=lease._record())
+    lease._write()  # the retry, on the stale version: refused by the condition
+    assert lease.lost is None and lease._version not in (None, stale)
+    assert lease.holder().owner == lease.owner
+    lease._write()  # and the next renewal goes through on the version it adopted
     lease.release()

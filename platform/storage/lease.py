@@ -70,6 +70,12 @@ class Holder:
         record = json.loads(text)
         return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
 
+    @classmethod
+    def unreadable(cls, written: float | None) -> Holder:
+        """The holder of a lease file that cannot be parsed: nobody in particular, renewed
+        when the file was ``written`` (now, if unknown)."""
+        return cls(owner="", host="", pid=-1, renewed=time.time() if written is None else written)
+
     def age(self, now: float) -> float:
         return max(0.0, now - self.renewed)
 
@@ -168,7 +174,7 @@ def parse_holder(text: bytes, written: float | None) -> Holder:
     try:
         return Holder.parse(text)
     except (ValueError, TypeError, KeyError):
-        return Holder(owner="", host="", pid=-1, renewed=written or time.time())
+        return Holder.unreadable(written)
 
 
 def read_holder(fs: pafs.FileSystem, path: str) -> Holder | None:
@@ -189,8 +195,7 @@ def read_holder(fs: pafs.FileSystem, path: str) -> Holder | None:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return None
-    written = info.mtime.timestamp() if info.mtime is not None else time.time()
-    return Holder(owner="", host="", pid=-1, renewed=written)
+    return Holder.unreadable(info.mtime.timestamp() if info.mtime is not None else None)
 
 
 def check_held(fs: pafs.FileSystem, run_path: str, owner: str) -> None:
@@ -247,8 +252,7 @@ class RunLease:
             self._unsupported()
             return self._write()
         if version is None:
-            body, version, written = self.conditional.read()
-            holder = None if body is None else parse_holder(body, written)
+            holder, version = self._read_conditional()
             if holder is not None and holder.owner == self.owner:
                 # Our own write, its answer lost and the retry refused: the lease is ours.
                 self._version = version
@@ -256,6 +260,11 @@ class RunLease:
             who = "nobody" if holder is None else holder.describe(time.time())
             raise LeaseLost(f"the lease on {self.run_path} was taken by {who}")
         self._version = version
+
+    def _read_conditional(self) -> tuple[Holder | None, str | None]:
+        """The holder and version of the lease as the conditional object reads them."""
+        body, version, written = self.conditional.read()
+        return (None if body is None else parse_holder(body, written)), version
 
     def _unsupported(self) -> None:
         log.warning("the storage of %s refuses conditional writes; the lease falls back to "
@@ -265,15 +274,14 @@ class RunLease:
     def _try_take(self) -> tuple[bool, Holder | None]:
         """One conditional attempt: write the lease if it is free or stale as just read.
         Returns (taken, the live holder that keeps it when not taken, if any)."""
-        body, version, written = self.conditional.read()
-        holder = None if body is None else parse_holder(body, written)
+        holder, version = self._read_conditional()
         if holder is not None and holder.owner != self.owner and holder.alive(time.time(), self.ttl):
             return False, holder
         mine = self.conditional.put(self._record(), version)
         if mine is not None:
             time.sleep(self.settle)
-            body, version, written = self.conditional.read()  # a server may ignore conditions
-            if body is not None and parse_holder(body, written).owner == self.owner:
+            holder, version = self._read_conditional()  # a server may ignore conditions
+            if holder is not None and holder.owner == self.owner:
                 self._version = version
                 return True, None
         # Another process wrote between our read and our write: it keeps the lease.
